@@ -1,0 +1,107 @@
+"""The app factory: wires settings, store, storage, engine and worker behind the routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from imagegate import __version__
+from imagegate.api.errors import SERVICE_UNAVAILABLE, install_error_handlers
+from imagegate.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from imagegate.api.routes import router
+from imagegate.engines import build_engine
+from imagegate.settings import Settings
+from imagegate.storage import open_storage
+from imagegate.store import open_store
+from imagegate.tasks.keys import KeyRing, create_key
+from imagegate.tasks.presenter import TaskPresenter
+from imagegate.tasks.service import TaskService
+from imagegate.worker.runner import Worker
+
+log = logging.getLogger("imagegate")
+
+DESCRIPTION = """A self-hosted, drop-in compatible server for Freepik's *image generation and
+editing with Gemini 2.5 Flash* API. Create a task with a prompt and up to 3 reference images,
+then poll it (or receive a signed webhook) for the URLs of the generated images."""
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Pillow's own bomb guard, matched to ours: refuse before decoding, never after.
+        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+        storage = open_storage(settings.resolved_storage_url)
+        presenter = TaskPresenter(storage, settings.public_url)
+        store = open_store(settings.resolved_database_url, presenter)
+        await store.start()
+        await storage.ping()
+        keyring = KeyRing(store, settings.api_keys)
+        if not settings.api_keys and await store.count_keys() == 0:
+            created = await create_key(store, "default")
+            print(
+                "\nNo API keys yet, so imagegate made one. It is shown only this once:\n\n"
+                f"    {created.key}\n\n"
+                "Send it as the x-freepik-api-key header. Manage keys with `imagegate keys`.\n",
+                flush=True,
+            )
+        worker: Worker | None = None
+        engine = None
+        if run_worker:
+            engine = build_engine(settings)
+            await engine.start()
+            worker = Worker(store, storage, engine, settings)
+            log.info("engine: %s; worker concurrency %d", engine.describe(), worker.concurrency)
+        else:
+            log.info("API only (--no-worker): tasks are run by `imagegate worker` processes")
+        app.state.settings = settings
+        app.state.storage = storage
+        app.state.store = store
+        app.state.presenter = presenter
+        app.state.keyring = keyring
+        app.state.worker = worker
+        app.state.tasks = TaskService(store, storage, settings, on_created=worker.notify if worker else lambda: None)
+        if worker:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker:
+                await worker.stop(grace=settings.shutdown_grace_seconds)
+            if engine:
+                await engine.close()
+            await store.close()
+
+    app = FastAPI(
+        title="imagegate",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        servers=[{"url": settings.public_url}] if settings.public_url else None,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Store and blob storage are reachable")
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await request.app.state.store.ping()
+            await request.app.state.storage.ping()
+        except Exception as exc:
+            log.warning("not ready: %s", exc)
+            return JSONResponse({"message": SERVICE_UNAVAILABLE, "reason": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,209 @@
+"""`imagegate serve | worker | keys | db`: the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from imagegate.settings import Settings
+
+app = typer.Typer(help="imagegate: a self-hosted Freepik-compatible image generation API.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _run(factory: Callable[[Settings], Awaitable[T]], settings: Settings) -> T:
+    return asyncio.run(factory(settings))
+
+
+async def _open_store(settings: Settings) -> Any:
+    from imagegate.storage import open_storage
+    from imagegate.store import open_store
+    from imagegate.tasks.presenter import TaskPresenter
+
+    store = open_store(settings.resolved_database_url, TaskPresenter(open_storage(settings.resolved_storage_url), settings.public_url))
+    await store.start()
+    return store
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (IMAGEGATE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (IMAGEGATE_PORT).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (IMAGEGATE_DATA_DIR).")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto, offline, gemini or diffusers (IMAGEGATE_ENGINE).")] = None,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Run tasks in this process too.")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the HTTP API (and, by default, the worker) in one process."""
+    import uvicorn
+
+    from imagegate.api.app import create_app
+
+    setup_logging(log_level)
+    settings = _settings(host=host, port=port, data_dir=data_dir, engine=engine)
+    application = create_app(settings, run_worker=worker)
+    logging.getLogger("imagegate").info("listening on http://%s:%d (docs at /docs)", settings.host, settings.port)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+
+
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[int | None, typer.Option(help="Tasks at once (IMAGEGATE_WORKER_CONCURRENCY).")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto, offline, gemini or diffusers (IMAGEGATE_ENGINE).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run only the worker: claim tasks from the shared store and run them."""
+    setup_logging(log_level)
+    settings = _settings(worker_concurrency=concurrency, engine=engine)
+    asyncio.run(_worker_main(settings))
+
+
+async def _worker_main(settings: Settings) -> None:
+    from imagegate.engines import build_engine
+    from imagegate.storage import open_storage
+    from imagegate.store import open_store
+    from imagegate.tasks.presenter import TaskPresenter
+    from imagegate.worker.runner import Worker
+
+    log = logging.getLogger("imagegate")
+    storage = open_storage(settings.resolved_storage_url)
+    store = open_store(settings.resolved_database_url, TaskPresenter(storage, settings.public_url))
+    await store.start()
+    engine = build_engine(settings)
+    await engine.start()
+    worker = Worker(store, storage, engine, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %s: engine %s, concurrency %d", worker.worker_id, engine.describe(), worker.concurrency)
+    worker.start()
+    await stop.wait()
+    log.info("stopping: no new tasks; draining for up to %.0f s", settings.shutdown_grace_seconds)
+    await worker.stop(grace=settings.shutdown_grace_seconds)
+    await engine.close()
+    await store.close()
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="A name to recognise the key by.")]) -> None:
+    """Make a new API key and print it (shown only this once)."""
+    from imagegate.tasks.keys import create_key
+
+    async def main(settings: Settings) -> str:
+        store = await _open_store(settings)
+        try:
+            return (await create_key(store, name)).key
+        finally:
+            await store.close()
+
+    try:
+        key = _run(main, _settings())
+    except Exception as exc:
+        if "UNIQUE" in str(exc).upper() or "unique" in str(exc):
+            err.print(f"[red]A key named {name!r} already exists.[/red]")
+            raise typer.Exit(1) from None
+        raise
+    console.print(f"Created key [bold]{name}[/bold]. It is shown only this once:\n")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (names and prefixes; keys themselves are stored only as hashes)."""
+    from datetime import UTC, datetime
+
+    async def main(settings: Settings) -> list[Any]:
+        store = await _open_store(settings)
+        try:
+            return list(await store.list_keys())
+        finally:
+            await store.close()
+
+    keys = _run(main, _settings())
+    table = Table("name", "prefix", "created", "status")
+    for key in keys:
+        created = datetime.fromtimestamp(key.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        table.add_row(key.name, key.prefix + "…", created, "revoked" if key.revoked_at else "active")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="Name of the key to revoke.")]) -> None:
+    """Revoke a key: requests with it get 401 within seconds."""
+
+    async def main(settings: Settings) -> bool:
+        store = await _open_store(settings)
+        try:
+            return bool(await store.revoke_key(name))
+        finally:
+            await store.close()
+
+    if not _run(main, _settings()):
+        err.print(f"[red]No active key named {name!r}.[/red]")
+        raise typer.Exit(1)
+    console.print(f"Revoked {name}.")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema up to date (the embedded default also does this on start)."""
+
+    async def main(settings: Settings) -> None:
+        store = await _open_store(settings)
+        await store.close()
+
+    settings = _settings()
+    _run(main, settings)
+    console.print(f"Schema is up to date ({settings.resolved_database_url.split('@')[-1]}).")
+
+
+@app.command("settings")
+def settings_command() -> None:
+    """Print every setting with its environment variable and default, as a Markdown table."""
+    from imagegate.settings_doc import settings_table
+
+    print(settings_table(), end="")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Every knob of imagegate, one pydantic-settings object; each field is an env var IMAGEGATE_*."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+EngineName = Literal["auto", "offline", "gemini", "diffusers"]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="Directory for the SQLite database, blobs and generated secrets.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the store. Default: SQLite (WAL) at DATA_DIR/imagegate.db. "
+        "postgresql://user@host/db selects PostgreSQL.",
+    )
+    storage_url: str | None = Field(
+        None, description="Blob storage. Default: local directory DATA_DIR/blobs (file:///path also works)."
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base URL put in front of image URLs in `generated` (e.g. https://img.example.com). "
+        "Default: the URL the request came in on.",
+    )
+
+    # --- HTTP --------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `imagegate serve` binds to.")
+    port: int = Field(8000, description="Port `imagegate serve` listens on.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated static API keys, accepted besides keys made with `imagegate keys create`.",
+    )
+    max_body_bytes: int = Field(40 * 1024 * 1024, description="Largest request body accepted (413 above).")
+    max_prompt_chars: int = Field(10_000, description="Longest prompt accepted, in characters.")
+    max_reference_bytes: int = Field(
+        10 * 1024 * 1024, description="Largest decoded reference image (base64 or fetched URL), in bytes."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, description="Largest reference image, in pixels (width × height); larger is refused before decoding."
+    )
+
+    # --- engines -------------------------------------------------------------
+    engine: EngineName = Field(
+        "auto", description="`auto` (gemini when a Google key is set, else offline), `offline`, `gemini`, `diffusers`."
+    )
+    offline_delay_ms: int = Field(0, description="Extra latency the offline engine adds to each image (demos, benchmarks).")
+
+    gemini_model: str = Field("gemini-2.5-flash-image", description="Gemini image model id.")
+    gemini_fallback_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["gemini-3.1-flash-image"],
+        description="Comma-separated model ids tried in order when Google answers that the model does not exist.",
+    )
+    gemini_base_url: str | None = Field(
+        None, description="Send Gemini requests here instead of Google's endpoint (a proxy, or a local test server)."
+    )
+    gemini_api_version: str | None = Field(None, description="Gemini API version (SDK default when unset).")
+    gemini_max_in_flight: int = Field(256, description="Gemini calls one worker process keeps in flight at most.")
+    gemini_timeout_seconds: float = Field(120.0, description="Timeout of one Gemini HTTP call.")
+    gemini_deadline_seconds: float = Field(
+        600.0, description="How long one task keeps retrying transient Gemini errors (429, 5xx, timeouts) before FAILED."
+    )
+
+    diffusers_model: str = Field(
+        "black-forest-labs/FLUX.2-klein-4B", description="Hugging Face model id or local directory of a diffusers pipeline."
+    )
+    diffusers_device: str = Field("auto", description="`auto`, `cuda`, `cuda:N`, `mps` or `cpu`.")
+    diffusers_dtype: str = Field("auto", description="`auto` (bf16 on GPUs, float32 on the CPU), `bfloat16`, `float16`, `float32`.")
+    diffusers_steps: int | None = Field(None, description="Inference steps (default: the model family's recommendation).")
+    diffusers_guidance: float | None = Field(None, description="Guidance scale (default: the model family's recommendation).")
+    diffusers_resolution: int | None = Field(
+        None, description="Side of the square output in pixels; other ratios keep about the same area (default: the family's)."
+    )
+    diffusers_cpu_offload: bool = Field(False, description="Model CPU offload, for GPUs with little memory.")
+
+    # --- worker --------------------------------------------------------------
+    worker_concurrency: int | None = Field(
+        None, description="Tasks one worker process runs at once (default: what the engine handles best)."
+    )
+    lease_seconds: float = Field(30.0, description="How long a claimed task stays with its worker without a heartbeat.")
+    max_attempts: int = Field(3, description="Attempts per task (lease expiries and transient errors) before FAILED.")
+    task_timeout_seconds: float = Field(300.0, description="Deadline of one attempt; past it the attempt fails.")
+    shutdown_grace_seconds: float = Field(
+        20.0, description="On SIGTERM, how long running tasks may finish before they are handed back to the queue."
+    )
+    poll_interval_seconds: float = Field(
+        1.0, description="Fallback poll of the queue (new tasks normally wake the worker at once)."
+    )
+
+    # --- outbound ------------------------------------------------------------
+    allow_private_urls: bool = Field(
+        False,
+        description="Allow reference and webhook URLs that resolve to private, loopback or link-local addresses.",
+    )
+    fetch_timeout_seconds: float = Field(20.0, description="Total time allowed to fetch one reference URL.")
+
+    @field_validator("api_keys", "gemini_fallback_models", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
+
+    @cached_property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "blobs").resolve().as_uri()
+
+    def google_api_key_present(self) -> bool:
+        return bool(os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"))

@@ -1,0 +1,101 @@
+"""The one interface every store implements (SQLite and PostgreSQL share `store.sql.SqlStore`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from imagegate.tasks.model import ApiKey, GeneratedImage, Task
+
+# Renders a task the way clients see it (the GET body without the `data` wrapper);
+# the store calls it to write webhook messages in the same transaction as a status change.
+Presenter = Callable[[Task], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    id: str
+    task_id: str
+    owner: str
+    url: str
+    status: str
+    payload: str
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """A webhook message of a task, with its history, for the owner to debug a receiver."""
+
+    id: str
+    status: str
+    url: str
+    state: str
+    attempts: int
+    next_attempt_at: float | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queued: int
+    running: int
+    oldest_queued_age: float
+
+
+class Store(Protocol):
+    """Tasks, keys and the webhook outbox. Every method is one transaction."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    # --- keys ---------------------------------------------------------------
+    async def create_key(self, name: str, key_hash: str, prefix: str) -> ApiKey: ...
+    async def find_key(self, key_hash: str) -> ApiKey | None: ...
+    async def list_keys(self) -> list[ApiKey]: ...
+    async def revoke_key(self, name: str) -> bool: ...
+    async def count_keys(self) -> int: ...
+
+    # --- tasks: the API side ----------------------------------------------------
+    async def create_task(self, task: Task) -> None: ...
+    async def get_task(self, task_id: str, owner: str | None = None) -> Task | None: ...
+    async def list_tasks(self, owner: str, offset: int, limit: int) -> list[Task]: ...
+    async def queue_stats(self) -> QueueStats: ...
+
+    # --- tasks: the worker side -------------------------------------------------
+    async def claim_task(self, worker_id: str, lease_seconds: float) -> Task | None: ...
+    async def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool: ...
+    async def complete_task(
+        self,
+        task_id: str,
+        worker_id: str,
+        generated: list[GeneratedImage],
+        *,
+        engine: str,
+        model: str | None,
+        text: str | None,
+    ) -> bool: ...
+    async def fail_task(self, task_id: str, worker_id: str | None, error: str) -> bool: ...
+    async def retry_task(self, task_id: str, worker_id: str, error: str, delay: float) -> bool: ...
+    async def release_task(self, task_id: str, worker_id: str) -> bool: ...
+
+    # --- webhook outbox ---------------------------------------------------------
+    async def claim_webhooks(self, worker_id: str, lease_seconds: float, limit: int) -> list[OutboxMessage]: ...
+    async def record_webhook_attempt(
+        self,
+        message_id: str,
+        worker_id: str,
+        *,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: float,
+        next_attempt_at: float | None,
+        state: str,
+    ) -> None: ...
+    async def webhook_history(self, task_id: str, owner: str) -> list[DeliveryRecord]: ...

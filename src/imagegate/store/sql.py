@@ -1,0 +1,509 @@
+"""The SQL store: one implementation for SQLite (embedded default) and PostgreSQL (scale-out).
+
+Claiming is a single `UPDATE ... WHERE seq = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`,
+which PostgreSQL runs with row locks and SQLite runs under its one-writer lock. Every state
+change that a webhook announces writes its outbox row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, case, delete, event, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Select
+
+from imagegate.store.base import DeliveryRecord, OutboxMessage, Presenter, QueueStats
+from imagegate.store.migrate import upgrade_to_head
+from imagegate.store.schema import api_keys, tasks, webhook_attempts, webhook_outbox
+from imagegate.tasks.model import ApiKey, GeneratedImage, ReferenceSpec, Status, Task
+
+
+LEASE_EXPIRED = "the worker running the previous attempt stopped responding (its lease expired)"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs users write (`postgresql://`, `sqlite:///`) and pick the async driver."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _task_from_row(row: Row[Any]) -> Task:
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        owner=m["owner"],
+        status=Status(m["status"]),
+        prompt=m["prompt"],
+        references=[ReferenceSpec.from_json(r) for r in json.loads(m["references"])],
+        options=json.loads(m["options"]),
+        webhook_url=m["webhook_url"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        generated=[GeneratedImage.from_json(g) for g in json.loads(m["generated"])],
+        error=m["error"],
+        engine=m["engine"],
+        model=m["model"],
+        text=m["text"],
+        attempts=m["attempts"],
+        request_id=m["request_id"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        lease_owner=m["lease_owner"],
+        available_at=m["available_at"],
+    )
+
+
+def _key_from_row(row: Row[Any]) -> ApiKey:
+    m = row._mapping
+    return ApiKey(
+        id=m["id"], name=m["name"], prefix=m["prefix"], created_at=m["created_at"], revoked_at=m["revoked_at"]
+    )
+
+
+class SqlStore:
+    def __init__(self, url: str, presenter: Presenter, *, search_path: str | None = None) -> None:
+        self.url = normalize_database_url(url)
+        # PostgreSQL schema to work in (tests give each run its own; deployments leave it unset).
+        self.search_path = search_path
+        self.presenter = presenter
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._engine: AsyncEngine | None = None
+
+    # --- lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        if self.is_sqlite:
+            path = self.url.split("///", 1)[1] if "///" in self.url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            connect_args: dict[str, Any] = {}
+            if self.search_path:
+                connect_args["server_settings"] = {"search_path": self.search_path}
+            engine = create_async_engine(
+                self.url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args
+            )
+        self._engine = engine
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to_head)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("store not started")
+        return self._engine
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # --- keys -----------------------------------------------------------------------
+    async def create_key(self, name: str, key_hash: str, prefix: str) -> ApiKey:
+        key = ApiKey(id="key_" + secrets.token_hex(8), name=name, prefix=prefix, created_at=time.time())
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(api_keys).values(
+                    id=key.id, name=name, key_hash=key_hash, prefix=prefix, created_at=key.created_at
+                )
+            )
+        return key
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+                )
+            ).first()
+        return _key_from_row(row) if row else None
+
+    async def list_keys(self) -> list[ApiKey]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).all()
+        return [_key_from_row(r) for r in rows]
+
+    async def revoke_key(self, name: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+        return bool(result.rowcount)
+
+    async def count_keys(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(api_keys))).scalar_one())
+
+    # --- tasks: API side ------------------------------------------------------------
+    async def create_task(self, task: Task) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(tasks).values(
+                    id=task.id,
+                    owner=task.owner,
+                    status=task.status.value,
+                    prompt=task.prompt,
+                    references=json.dumps([r.to_json() for r in task.references]),
+                    options=json.dumps(task.options),
+                    webhook_url=task.webhook_url,
+                    generated="[]",
+                    attempts=0,
+                    request_id=task.request_id,
+                    created_at=task.created_at,
+                    updated_at=task.updated_at,
+                    available_at=task.created_at,
+                )
+            )
+
+    async def get_task(self, task_id: str, owner: str | None = None) -> Task | None:
+        query = select(tasks).where(tasks.c.id == task_id)
+        if owner is not None:
+            query = query.where(tasks.c.owner == owner)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _task_from_row(row) if row else None
+
+    async def list_tasks(self, owner: str, offset: int, limit: int) -> list[Task]:
+        query = select(tasks).where(tasks.c.owner == owner).order_by(tasks.c.seq.desc()).offset(offset).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_task_from_row(r) for r in rows]
+
+    async def queue_stats(self) -> QueueStats:
+        now = time.time()
+        queued = and_(tasks.c.available_at.is_not(None), tasks.c.lease_owner.is_(None))
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        func.count().filter(queued),
+                        func.count().filter(tasks.c.lease_owner.is_not(None)),
+                        func.min(tasks.c.created_at).filter(queued),
+                    ).where(tasks.c.available_at.is_not(None))
+                )
+            ).one()
+        oldest = row[2]
+        return QueueStats(queued=row[0], running=row[1], oldest_queued_age=(now - oldest) if oldest else 0.0)
+
+    # --- tasks: worker side ---------------------------------------------------------
+    async def claim_task(self, worker_id: str, lease_seconds: float) -> Task | None:
+        now = time.time()
+        candidate = (
+            select(tasks.c.seq)
+            .where(tasks.c.available_at <= now)
+            .order_by(tasks.c.available_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.seq == candidate)
+            .values(
+                status=Status.IN_PROGRESS.value,
+                # A lease still held here means its worker vanished without a word.
+                error=case((tasks.c.lease_owner.is_not(None), LEASE_EXPIRED), else_=tasks.c.error),
+                lease_owner=worker_id,
+                available_at=now + lease_seconds,
+                attempts=tasks.c.attempts + 1,
+                started_at=func.coalesce(tasks.c.started_at, now),
+                updated_at=now,
+            )
+            .returning(*tasks.c)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            task = _task_from_row(row)
+            if task.attempts == 1:  # first claim: CREATED -> IN_PROGRESS
+                await self._announce(conn, task)
+        return task
+
+    async def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.lease_owner == worker_id,
+                    tasks.c.status == Status.IN_PROGRESS.value,
+                )
+                .values(available_at=now + lease_seconds, updated_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def complete_task(
+        self,
+        task_id: str,
+        worker_id: str,
+        generated: list[GeneratedImage],
+        *,
+        engine: str,
+        model: str | None,
+        text: str | None,
+    ) -> bool:
+        return await self._finish(
+            task_id,
+            worker_id,
+            status=Status.COMPLETED,
+            generated=json.dumps([g.to_json() for g in generated]),
+            engine=engine,
+            model=model,
+            text=text,
+            error=None,
+        )
+
+    async def fail_task(self, task_id: str, worker_id: str | None, error: str) -> bool:
+        return await self._finish(task_id, worker_id, status=Status.FAILED, error=error)
+
+    async def _finish(self, task_id: str, worker_id: str | None, *, status: Status, **values: Any) -> bool:
+        now = time.time()
+        conditions = [tasks.c.id == task_id, tasks.c.status.in_([Status.CREATED.value, Status.IN_PROGRESS.value])]
+        if worker_id is not None:
+            # Fencing: only the worker that holds the lease may finish the task, so a task
+            # whose lease was taken over is never finished twice.
+            conditions.append(tasks.c.lease_owner == worker_id)
+        stmt = (
+            update(tasks)
+            .where(*conditions)
+            .values(
+                status=status.value,
+                finished_at=now,
+                updated_at=now,
+                available_at=None,
+                lease_owner=None,
+                **values,
+            )
+            .returning(*tasks.c)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return False
+            await self._announce(conn, _task_from_row(row))
+        return True
+
+    async def retry_task(self, task_id: str, worker_id: str, error: str, delay: float) -> bool:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
+                .values(error=error, lease_owner=None, available_at=now + delay, updated_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def release_task(self, task_id: str, worker_id: str) -> bool:
+        """Give a running task back without counting the attempt (graceful shutdown)."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
+                .values(
+                    lease_owner=None,
+                    available_at=now,
+                    attempts=case((tasks.c.attempts > 0, tasks.c.attempts - 1), else_=0),
+                    updated_at=now,
+                )
+            )
+        return bool(result.rowcount)
+
+    async def purge_tasks(self, older_than: float) -> list[Task]:
+        """Delete finished tasks created before `older_than`; returns them so blobs can go too."""
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    delete(tasks)
+                    .where(tasks.c.created_at < older_than, tasks.c.available_at.is_(None))
+                    .returning(*tasks.c)
+                )
+            ).all()
+            ids = [r._mapping["id"] for r in rows]
+            if ids:
+                await conn.execute(delete(webhook_outbox).where(webhook_outbox.c.task_id.in_(ids)))
+                await conn.execute(delete(webhook_attempts).where(webhook_attempts.c.task_id.in_(ids)))
+        return [_task_from_row(r) for r in rows]
+
+    # --- webhook outbox ---------------------------------------------------------------
+    async def _announce(self, conn: AsyncConnection, task: Task) -> None:
+        if not task.webhook_url:
+            return
+        now = time.time()
+        await conn.execute(
+            insert(webhook_outbox).values(
+                id="msg_" + secrets.token_urlsafe(18),
+                task_id=task.id,
+                owner=task.owner,
+                url=task.webhook_url,
+                status=task.status.value,
+                payload=json.dumps(self.presenter(task), separators=(",", ":")),
+                state="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    async def claim_webhooks(self, worker_id: str, lease_seconds: float, limit: int) -> list[OutboxMessage]:
+        now = time.time()
+        earlier = webhook_outbox.alias("earlier")
+        # Per task, a message waits until every earlier message of that task is settled.
+        blocked = (
+            select(earlier.c.seq)
+            .where(
+                earlier.c.task_id == webhook_outbox.c.task_id,
+                earlier.c.seq < webhook_outbox.c.seq,
+                earlier.c.state == "pending",
+            )
+            .exists()
+        )
+        candidates: Select[Any] = (
+            select(webhook_outbox.c.seq)
+            .where(webhook_outbox.c.state == "pending", webhook_outbox.c.next_attempt_at <= now, ~blocked)
+            .order_by(webhook_outbox.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(webhook_outbox)
+            .where(webhook_outbox.c.seq.in_(candidates.scalar_subquery()))
+            .values(
+                lease_owner=worker_id,
+                next_attempt_at=now + lease_seconds,
+                attempts=webhook_outbox.c.attempts + 1,
+                updated_at=now,
+            )
+            .returning(*webhook_outbox.c)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            OutboxMessage(
+                id=r.id,
+                task_id=r.task_id,
+                owner=r.owner,
+                url=r.url,
+                status=r.status,
+                payload=r.payload,
+                attempts=r.attempts,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    async def record_webhook_attempt(
+        self,
+        message_id: str,
+        worker_id: str,
+        *,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: float,
+        next_attempt_at: float | None,
+        state: str,
+    ) -> None:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(webhook_outbox)
+                    .where(webhook_outbox.c.id == message_id, webhook_outbox.c.lease_owner == worker_id)
+                    .values(
+                        state=state,
+                        next_attempt_at=next_attempt_at,
+                        lease_owner=None,
+                        last_status_code=status_code,
+                        last_error=error,
+                        updated_at=now,
+                    )
+                    .returning(webhook_outbox.c.task_id, webhook_outbox.c.attempts)
+                )
+            ).first()
+            if row is None:
+                return
+            await conn.execute(
+                insert(webhook_attempts).values(
+                    message_id=message_id,
+                    task_id=row.task_id,
+                    attempt=row.attempts,
+                    at=now,
+                    status_code=status_code,
+                    error=error,
+                    duration_ms=duration_ms,
+                )
+            )
+
+    async def webhook_history(self, task_id: str, owner: str) -> list[DeliveryRecord]:
+        async with self.engine.connect() as conn:
+            messages = (
+                await conn.execute(
+                    select(webhook_outbox)
+                    .where(webhook_outbox.c.task_id == task_id, webhook_outbox.c.owner == owner)
+                    .order_by(webhook_outbox.c.seq)
+                )
+            ).all()
+            attempts = (
+                await conn.execute(
+                    select(webhook_attempts)
+                    .where(webhook_attempts.c.task_id == task_id)
+                    .order_by(webhook_attempts.c.seq)
+                )
+            ).all()
+        by_message: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            by_message.setdefault(a.message_id, []).append(
+                {
+                    "attempt": a.attempt,
+                    "at": a.at,
+                    "status_code": a.status_code,
+                    "error": a.error,
+                    "duration_ms": a.duration_ms,
+                }
+            )
+        return [
+            DeliveryRecord(
+                id=m.id,
+                status=m.status,
+                url=m.url,
+                state=m.state,
+                attempts=m.attempts,
+                next_attempt_at=m.next_attempt_at if m.state == "pending" else None,
+                last_status_code=m.last_status_code,
+                last_error=m.last_error,
+                created_at=m.created_at,
+                history=by_message.get(m.id, []),
+            )
+            for m in messages
+        ]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a task is on disk before its 200, even if the machine (not just the process) dies.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,169 @@
+"""Creating and reading tasks: the business rules between the HTTP layer and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from imagegate.engines.aspect import parse_aspect_ratio
+from imagegate.inputs.references import (
+    DecodedReference,
+    ParsedReference,
+    ReferenceProblem,
+    parse_reference,
+)
+from imagegate.net import validate_url_syntax
+from imagegate.settings import Settings
+from imagegate.storage import BlobStorage, extension_for
+from imagegate.store import Store
+from imagegate.tasks.model import ReferenceSpec, Status, Task
+
+MAX_REFERENCES = 3
+# Extension fields we keep for engines; anything else a client sends is ignored.
+KEPT_EXTRAS = ("resolution", "num_images", "negative_prompt", "guidance_scale", "steps", "model", "filter_nsfw")
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidParam:
+    name: str
+    reason: str
+
+
+class InvalidParams(Exception):
+    """The request is well-formed JSON but some fields are not acceptable."""
+
+    def __init__(self, params: list[InvalidParam]) -> None:
+        super().__init__("; ".join(f"{p.name}: {p.reason}" for p in params))
+        self.params = params
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    prompt: str
+    reference_images: list[Any] | None
+    webhook_url: str | None
+    extras: dict[str, Any]
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: Store,
+        storage: BlobStorage,
+        settings: Settings,
+        on_created: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.settings = settings
+        self.on_created = on_created
+
+    def _check_fields(self, new: NewTask) -> list[InvalidParam]:
+        problems: list[InvalidParam] = []
+        if not new.prompt.strip():
+            problems.append(InvalidParam("prompt", "must not be empty"))
+        elif len(new.prompt) > self.settings.max_prompt_chars:
+            problems.append(
+                InvalidParam("prompt", f"is {len(new.prompt):,} characters; the limit is {self.settings.max_prompt_chars:,}")
+            )
+        if new.reference_images is not None and len(new.reference_images) > MAX_REFERENCES:
+            problems.append(
+                InvalidParam("reference_images", f"has {len(new.reference_images)} items; at most {MAX_REFERENCES} are allowed")
+            )
+        if new.webhook_url is not None:
+            reason = validate_url_syntax(new.webhook_url)
+            if reason:
+                problems.append(InvalidParam("webhook_url", reason))
+        return problems
+
+    def _parse_references(self, items: list[Any]) -> tuple[list[ParsedReference], list[InvalidParam]]:
+        parsed: list[ParsedReference] = []
+        problems: list[InvalidParam] = []
+        for index, item in enumerate(items):
+            try:
+                parsed.append(
+                    parse_reference(
+                        item,
+                        index,
+                        max_bytes=self.settings.max_reference_bytes,
+                        max_pixels=self.settings.max_image_pixels,
+                    )
+                )
+            except ReferenceProblem as exc:
+                problems.append(InvalidParam(exc.field, exc.reason))
+        return parsed, problems
+
+    async def create(self, owner: str, new: NewTask, *, base_url: str, request_id: str | None) -> Task:
+        problems = self._check_fields(new)
+        parsed: list[ParsedReference] = []
+        if new.reference_images and not problems:
+            if any(isinstance(item, str) and len(item) > 4096 for item in new.reference_images):
+                # Decoding megabytes of base64 and checking images is CPU work: off the loop.
+                parsed, ref_problems = await asyncio.to_thread(self._parse_references, new.reference_images)
+            else:
+                parsed, ref_problems = self._parse_references(new.reference_images)
+            problems.extend(ref_problems)
+        if problems:
+            raise InvalidParams(problems)
+
+        task_id = str(uuid.uuid4())
+        references: list[ReferenceSpec] = []
+        for index, ref in enumerate(parsed):
+            if isinstance(ref, DecodedReference):
+                key = f"references/{task_id}/{index}.{extension_for(ref.mime_type)}"
+                await self.storage.put(key, ref.data, ref.mime_type)
+                references.append(ReferenceSpec(kind="blob", value=key, mime_type=ref.mime_type))
+            else:
+                references.append(ReferenceSpec(kind="url", value=ref.url))
+
+        now = time.time()
+        task = Task(
+            id=task_id,
+            owner=owner,
+            status=Status.CREATED,
+            prompt=new.prompt,
+            references=references,
+            options=self._options(new.extras, base_url),
+            webhook_url=new.webhook_url,
+            created_at=now,
+            updated_at=now,
+            request_id=request_id,
+        )
+        await self.store.create_task(task)
+        self.on_created()
+        return task
+
+    @staticmethod
+    def _options(extras: dict[str, Any], base_url: str) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "base_url": base_url,
+            # Output keys carry this token, so image URLs are unguessable yet the same on every
+            # attempt: a retried task overwrites its own files instead of leaving copies.
+            "output_token": secrets.token_urlsafe(24),
+        }
+        raw_ratio = extras.get("aspect_ratio")
+        if raw_ratio is not None:
+            options["aspect_ratio"] = parse_aspect_ratio(raw_ratio)
+            options["aspect_ratio_requested"] = str(raw_ratio)[:64]
+        seed = extras.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            options["seed"] = seed
+        kept = {
+            k: v
+            for k, v in extras.items()
+            if k in KEPT_EXTRAS and isinstance(v, str | int | float | bool) and len(str(v)) <= 1000
+        }
+        if kept:
+            options["extras"] = kept
+        return options
+
+    async def get(self, owner: str, task_id: str) -> Task | None:
+        return await self.store.get_task(task_id, owner)
+
+    async def list(self, owner: str, page: int, per_page: int) -> list[Task]:
+        return await self.store.list_tasks(owner, (page - 1) * per_page, per_page)

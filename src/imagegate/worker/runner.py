@@ -1,0 +1,226 @@
+"""The worker: claims tasks (with leases), runs the engine, stores outputs, records results.
+
+One asyncio task per running task, up to `concurrency`. New tasks wake the claim loop at
+once (an in-process event, or the store's notifications across processes); a slow
+fallback poll picks up expired leases and delayed retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+
+from imagegate.engines.base import Engine, EngineError, EngineRequest, EngineResult
+from imagegate.inputs.references import ReferenceProblem, load_reference
+from imagegate.settings import Settings
+from imagegate.storage import BlobStorage, extension_for
+from imagegate.store import Store
+from imagegate.tasks.model import GeneratedImage, Task
+
+log = logging.getLogger("imagegate.worker")
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter, so retried tasks don't arrive in lockstep."""
+    return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        storage: BlobStorage,
+        engine: Engine,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.engine = engine
+        self.settings = settings
+        self.worker_id = worker_id or make_worker_id()
+        self.concurrency = settings.worker_concurrency or engine.concurrency
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._claim_loop(), name="imagegate-claim-loop")
+
+    def notify(self) -> None:
+        """A task was created: claim it now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let running tasks finish for `grace` seconds, give the rest back."""
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_task:
+            await self._loop_task
+        running = list(self._running.values())
+        if running:
+            log.info("draining %d running task(s) for up to %.0f s", len(running), grace)
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # --- claiming ------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                while len(self._running) < self.concurrency and not self._stopping.is_set():
+                    task = await self.store.claim_task(self.worker_id, self.settings.lease_seconds)
+                    if task is None:
+                        break
+                    runner = asyncio.create_task(self._run(task), name=f"task-{task.id}")
+                    self._running[task.id] = runner
+                    runner.add_done_callback(lambda _t, tid=task.id: self._finished(tid))
+            except Exception:
+                log.exception("claiming tasks failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.poll_interval_seconds):
+                    await self._wake.wait()
+
+    def _finished(self, task_id: str) -> None:
+        self._running.pop(task_id, None)
+        self._wake.set()  # a slot is free
+
+    # --- running one task -----------------------------------------------------------------
+    async def _run(self, task: Task) -> None:
+        log.info(
+            "task %s attempt %d started", task.id, task.attempts, extra={"task_id": task.id, "request_id": task.request_id}
+        )
+        if task.attempts > self.settings.max_attempts:
+            await self.store.fail_task(
+                task.id,
+                self.worker_id,
+                f"gave up after {self.settings.max_attempts} attempts; last error: {task.error or 'unknown'}",
+            )
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(task.id, asyncio.current_task()))
+        try:
+            await self._attempt(task)
+        except asyncio.CancelledError:
+            if self._stopping.is_set():
+                # Shutdown: hand the task back without counting this attempt.
+                await asyncio.shield(self.store.release_task(task.id, self.worker_id))
+                log.info("task %s released for another worker", task.id)
+            raise
+        finally:
+            heartbeat.cancel()
+
+    async def _attempt(self, task: Task) -> None:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.task_timeout_seconds):
+                images = [
+                    await load_reference(
+                        spec,
+                        index,
+                        self.storage,
+                        max_bytes=self.settings.max_reference_bytes,
+                        max_pixels=self.settings.max_image_pixels,
+                        fetch_timeout=self.settings.fetch_timeout_seconds,
+                        allow_private=self.settings.allow_private_urls,
+                    )
+                    for index, spec in enumerate(task.references)
+                ]
+                request = EngineRequest(
+                    prompt=task.prompt,
+                    images=images,
+                    aspect_ratio=task.options.get("aspect_ratio"),
+                    seed=task.options.get("seed"),
+                    options=dict(task.options.get("extras", {})),
+                )
+                result = await self.engine.generate(request)
+                if not result.images:
+                    raise EngineError("the engine returned no image")
+                generated = await self._store_outputs(task, result)
+        except ReferenceProblem as exc:
+            await self._fail(task, str(exc))
+            return
+        except EngineError as exc:
+            if exc.retryable:
+                await self._retry(task, exc.message, exc.retry_after)
+            else:
+                await self._fail(task, exc.message)
+            return
+        except TimeoutError:
+            await self._retry(task, f"the attempt ran past its deadline of {self.settings.task_timeout_seconds:g} s", None)
+            return
+        except Exception as exc:
+            log.exception("task %s: unexpected error", task.id)
+            await self._retry(task, f"internal error: {type(exc).__name__}: {exc}", None)
+            return
+        completed = await self.store.complete_task(
+            task.id, self.worker_id, generated, engine=self.engine.name, model=result.model, text=result.text
+        )
+        elapsed = time.monotonic() - started
+        if completed:
+            log.info("task %s completed in %.2f s with %d image(s)", task.id, elapsed, len(generated))
+        else:
+            log.warning("task %s finished after its lease was taken over; result discarded", task.id)
+
+    async def _store_outputs(self, task: Task, result: EngineResult) -> list[GeneratedImage]:
+        token = task.options.get("output_token") or uuid.uuid4().hex
+        generated = [
+            GeneratedImage(
+                key=f"outputs/{task.id}/{token}-{index}.{extension_for(image.mime_type)}",
+                mime_type=image.mime_type,
+            )
+            for index, image in enumerate(result.images, start=1)
+        ]
+        await asyncio.gather(
+            *(
+                self.storage.put(item.key, image.data, image.mime_type)
+                for item, image in zip(generated, result.images, strict=True)
+            )
+        )
+        return generated
+
+    async def _fail(self, task: Task, reason: str) -> None:
+        log.info("task %s failed: %s", task.id, reason)
+        await self.store.fail_task(task.id, self.worker_id, reason)
+
+    async def _retry(self, task: Task, reason: str, retry_after: float | None) -> None:
+        if task.attempts >= self.settings.max_attempts:
+            await self._fail(task, f"gave up after {task.attempts} attempts; last error: {reason}")
+            return
+        delay = retry_after if retry_after is not None else backoff_delay(task.attempts)
+        log.info("task %s attempt %d failed (%s); retrying in %.1f s", task.id, task.attempts, reason, delay)
+        await self.store.retry_task(task.id, self.worker_id, reason, delay)
+
+    async def _heartbeat(self, task_id: str, runner: asyncio.Task[None] | None) -> None:
+        interval = max(0.05, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await self.store.renew_lease(task_id, self.worker_id, self.settings.lease_seconds)
+            except Exception:
+                log.exception("renewing the lease of task %s failed", task_id)
+                continue
+            if not held:
+                log.warning("task %s: lease lost to another worker; stopping this attempt", task_id)
+                if runner is not None:
+                    runner.cancel()
+                return

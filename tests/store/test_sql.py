@@ -1,0 +1,124 @@
+"""The store's queue semantics, on SQLite and (where reachable) PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from imagegate.store.sql import SqlStore
+from imagegate.tasks.model import GeneratedImage, Status
+from tests.store.conftest import new_task
+
+
+async def test_claim_takes_oldest_first_and_marks_in_progress(store: SqlStore) -> None:
+    first, second = new_task(), new_task()
+    await store.create_task(first)
+    await asyncio.sleep(0.001)
+    await store.create_task(second)
+    claimed = await store.claim_task("w1", 30)
+    assert claimed is not None and claimed.id == first.id
+    assert claimed.status is Status.IN_PROGRESS
+    assert claimed.attempts == 1
+    assert claimed.lease_owner == "w1"
+    again = await store.claim_task("w2", 30)
+    assert again is not None and again.id == second.id
+    assert await store.claim_task("w3", 30) is None
+
+
+async def test_concurrent_claims_never_hand_out_a_task_twice(store: SqlStore) -> None:
+    for _ in range(20):
+        await store.create_task(new_task())
+    results = await asyncio.gather(*(store.claim_task(f"w{i}", 30) for i in range(30)))
+    ids = [t.id for t in results if t is not None]
+    assert len(ids) == 20
+    assert len(set(ids)) == 20
+
+
+async def test_expired_lease_returns_the_task_with_the_attempt_counted(store: SqlStore) -> None:
+    await store.create_task(task := new_task())
+    assert (await store.claim_task("dead", 0.05)) is not None
+    assert await store.claim_task("w2", 30) is None  # lease still held
+    await asyncio.sleep(0.1)
+    reclaimed = await store.claim_task("w2", 30)
+    assert reclaimed is not None and reclaimed.id == task.id
+    assert reclaimed.attempts == 2
+    assert reclaimed.error and "lease expired" in reclaimed.error
+
+
+async def test_only_the_lease_holder_can_finish(store: SqlStore) -> None:
+    await store.create_task(task := new_task())
+    await store.claim_task("dead", 0.05)
+    await asyncio.sleep(0.1)
+    await store.claim_task("alive", 30)
+    image = GeneratedImage("outputs/x/y-1.png", "image/png")
+    assert not await store.complete_task(task.id, "dead", [image], engine="offline", model=None, text=None)
+    assert await store.complete_task(task.id, "alive", [image], engine="offline", model="m", text=None)
+    assert not await store.complete_task(task.id, "alive", [image], engine="offline", model="m", text=None)
+    done = await store.get_task(task.id)
+    assert done is not None and done.status is Status.COMPLETED
+    assert done.generated == [image]
+    assert done.available_at is None
+
+
+async def test_renew_keeps_the_lease(store: SqlStore) -> None:
+    await store.create_task(task := new_task())
+    await store.claim_task("w1", 0.2)
+    for _ in range(3):
+        await asyncio.sleep(0.1)
+        assert await store.renew_lease(task.id, "w1", 0.2)
+    assert await store.claim_task("w2", 30) is None
+    assert not await store.renew_lease(task.id, "w2", 0.2)
+
+
+async def test_retry_later_and_release(store: SqlStore) -> None:
+    await store.create_task(task := new_task())
+    await store.claim_task("w1", 30)
+    assert await store.retry_task(task.id, "w1", "overloaded", delay=0.1)
+    assert await store.claim_task("w1", 30) is None
+    await asyncio.sleep(0.15)
+    retried = await store.claim_task("w1", 30)
+    assert retried is not None and retried.attempts == 2 and retried.error == "overloaded"
+    assert await store.release_task(task.id, "w1")
+    released = await store.claim_task("w2", 30)
+    assert released is not None and released.attempts == 2  # a release does not count
+
+
+async def test_owner_scoping_and_newest_first(store: SqlStore) -> None:
+    mine = [new_task("me") for _ in range(3)]
+    for task in mine:
+        await store.create_task(task)
+    await store.create_task(other := new_task("you"))
+    assert await store.get_task(other.id, "me") is None
+    listed = await store.list_tasks("me", 0, 10)
+    assert [t.id for t in listed] == [t.id for t in reversed(mine)]
+    assert [t.id for t in await store.list_tasks("me", 1, 1)] == [mine[1].id]
+
+
+async def test_status_changes_write_webhook_messages_in_order(store: SqlStore) -> None:
+    await store.create_task(task := new_task(webhook_url="http://127.0.0.1:9/hook"))
+    await store.create_task(new_task())  # no webhook: no messages
+    await store.claim_task("w1", 30)
+    await store.claim_task("w1", 30)
+    await store.fail_task(task.id, "w1", "nope")
+    first = await store.claim_webhooks("d1", 30, 10)
+    # The FAILED message waits until the IN_PROGRESS one is settled.
+    assert [m.status for m in first] == ["IN_PROGRESS"]
+    assert json.loads(first[0].payload)["status"] == "IN_PROGRESS"
+    await store.record_webhook_attempt(
+        first[0].id, "d1", status_code=200, error=None, duration_ms=1.0, next_attempt_at=None, state="delivered"
+    )
+    second = await store.claim_webhooks("d1", 30, 10)
+    assert [m.status for m in second] == ["FAILED"]
+    history = await store.webhook_history(task.id, task.owner)
+    assert [h.state for h in history] == ["delivered", "pending"]
+    assert history[0].history[0]["status_code"] == 200
+    assert await store.webhook_history(task.id, "someone-else") == []
+
+
+async def test_queue_stats(store: SqlStore) -> None:
+    for _ in range(3):
+        await store.create_task(new_task())
+    await store.claim_task("w1", 30)
+    stats = await store.queue_stats()
+    assert stats.queued == 2 and stats.running == 1
+    assert stats.oldest_queued_age >= 0
