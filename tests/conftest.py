@@ -49,7 +49,9 @@ class Api:
             data: dict[str, object] = self.get(task_id).json()["data"]
             return data if data["status"] in ("COMPLETED", "FAILED") else None
 
-        result: dict[str, object] = wait_until(finished, timeout, message=f"task {task_id} to finish")
+        result: dict[str, object] = wait_until(
+            finished, timeout, message=f"task {task_id} to finish"
+        )
         return result
 
 

@@ -6,17 +6,21 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
+import uvicorn
 from rich.console import Console
 from rich.table import Table
 
 from imagegate.settings import Settings
 
-app = typer.Typer(help="imagegate: a self-hosted Freepik-compatible image generation API.", no_args_is_help=True)
+app = typer.Typer(
+    help="imagegate: a self-hosted Freepik-compatible image generation API.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -39,7 +43,7 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _run(factory: Callable[[Settings], Awaitable[T]], settings: Settings) -> T:
+def _run(factory: Callable[[Settings], Coroutine[Any, Any, T]], settings: Settings) -> T:
     return asyncio.run(factory(settings))
 
 
@@ -48,30 +52,51 @@ async def _open_store(settings: Settings) -> Any:
     from imagegate.store import open_store
     from imagegate.tasks.presenter import TaskPresenter
 
-    store = open_store(settings.resolved_database_url, TaskPresenter(open_storage(settings.resolved_storage_url), settings.public_url))
+    store = open_store(
+        settings.resolved_database_url,
+        TaskPresenter(open_storage(settings.resolved_storage_url), settings.public_url),
+    )
     await store.start()
     return store
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM/SIGINT that drained cleanly exits 0.
+
+    uvicorn re-raises the caught signal after shutdown so the exit status reports it;
+    orchestrators read that as a crash. Ours drains running tasks first: a clean exit.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (IMAGEGATE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (IMAGEGATE_PORT).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data directory (IMAGEGATE_DATA_DIR).")] = None,
-    engine: Annotated[str | None, typer.Option(help="auto, offline, gemini or diffusers (IMAGEGATE_ENGINE).")] = None,
-    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Run tasks in this process too.")] = True,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory (IMAGEGATE_DATA_DIR).")
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="auto, offline, gemini or diffusers (IMAGEGATE_ENGINE).")
+    ] = None,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Run tasks in this process too.")
+    ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the HTTP API (and, by default, the worker) in one process."""
-    import uvicorn
-
     from imagegate.api.app import create_app
 
     setup_logging(log_level)
     settings = _settings(host=host, port=port, data_dir=data_dir, engine=engine)
     application = create_app(settings, run_worker=worker)
-    logging.getLogger("imagegate").info("listening on http://%s:%d (docs at /docs)", settings.host, settings.port)
-    uvicorn.run(
+    logging.getLogger("imagegate").info(
+        "listening on http://%s:%d (docs at /docs)", settings.host, settings.port
+    )
+    config = uvicorn.Config(
         application,
         host=settings.host,
         port=settings.port,
@@ -79,12 +104,20 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    server = DrainingServer(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
 
 
 @app.command("worker")
 def worker_command(
-    concurrency: Annotated[int | None, typer.Option(help="Tasks at once (IMAGEGATE_WORKER_CONCURRENCY).")] = None,
-    engine: Annotated[str | None, typer.Option(help="auto, offline, gemini or diffusers (IMAGEGATE_ENGINE).")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Tasks at once (IMAGEGATE_WORKER_CONCURRENCY).")
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="auto, offline, gemini or diffusers (IMAGEGATE_ENGINE).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run only the worker: claim tasks from the shared store and run them."""
@@ -94,34 +127,31 @@ def worker_command(
 
 
 async def _worker_main(settings: Settings) -> None:
-    from imagegate.engines import build_engine
     from imagegate.storage import open_storage
     from imagegate.store import open_store
     from imagegate.tasks.presenter import TaskPresenter
-    from imagegate.worker.runner import Worker
+    from imagegate.worker.process import WorkerRuntime
 
     log = logging.getLogger("imagegate")
     storage = open_storage(settings.resolved_storage_url)
     store = open_store(settings.resolved_database_url, TaskPresenter(storage, settings.public_url))
     await store.start()
-    engine = build_engine(settings)
-    await engine.start()
-    worker = Worker(store, storage, engine, settings)
+    runtime = WorkerRuntime(store, storage, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker %s: engine %s, concurrency %d", worker.worker_id, engine.describe(), worker.concurrency)
-    worker.start()
+    await runtime.start()
     await stop.wait()
     log.info("stopping: no new tasks; draining for up to %.0f s", settings.shutdown_grace_seconds)
-    await worker.stop(grace=settings.shutdown_grace_seconds)
-    await engine.close()
+    await runtime.stop()
     await store.close()
 
 
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Argument(help="A name to recognise the key by.")]) -> None:
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name to recognise the key by.")],
+) -> None:
     """Make a new API key and print it (shown only this once)."""
     from imagegate.tasks.keys import create_key
 
@@ -159,7 +189,9 @@ def keys_list() -> None:
     table = Table("name", "prefix", "created", "status")
     for key in keys:
         created = datetime.fromtimestamp(key.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        table.add_row(key.name, key.prefix + "…", created, "revoked" if key.revoked_at else "active")
+        table.add_row(
+            key.name, key.prefix + "…", created, "revoked" if key.revoked_at else "active"
+        )
     console.print(table)
 
 

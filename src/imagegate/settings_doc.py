@@ -19,5 +19,7 @@ def settings_table() -> str:
     rows = ["| Environment variable | Default | What it does |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
-        rows.append(f"| `IMAGEGATE_{name.upper()}` | `{_default(default)}` | {field.description or ''} |")
+        rows.append(
+            f"| `IMAGEGATE_{name.upper()}` | `{_default(default)}` | {field.description or ''} |"
+        )
     return "\n".join(rows) + "\n"

@@ -28,7 +28,9 @@ def test_missing_key_is_401(server: ServerProcess) -> None:
 
 
 def test_invalid_key_is_401(server: ServerProcess) -> None:
-    response = httpx.post(server.url + ENDPOINT, json={"prompt": "x"}, headers={"x-freepik-api-key": "nope"})
+    response = httpx.post(
+        server.url + ENDPOINT, json={"prompt": "x"}, headers={"x-freepik-api-key": "nope"}
+    )
     assert response.status_code == 401
     assert response.json() == {"message": "Invalid API key"}
 
@@ -41,23 +43,31 @@ def test_four_references_is_400(alice: Api) -> None:
 
 
 def test_bad_base64_names_the_item(alice: Api) -> None:
-    params = _invalid(alice.create({"prompt": "x", "reference_images": [b64(image_bytes()), "not base64 !!!"]}))
+    params = _invalid(
+        alice.create({"prompt": "x", "reference_images": [b64(image_bytes()), "not base64 !!!"]})
+    )
     assert list(params) == ["reference_images[1]"]
 
 
 def test_non_image_data_names_the_item(alice: Api) -> None:
-    params = _invalid(alice.create({"prompt": "x", "reference_images": [b64(b"just some text, not a picture")]}))
+    params = _invalid(
+        alice.create({"prompt": "x", "reference_images": [b64(b"just some text, not a picture")]})
+    )
     assert "not an image" in params["reference_images[0]"]
 
 
 def test_truncated_png_is_refused(alice: Api) -> None:
     png = image_bytes("PNG", size=(300, 300))
-    params = _invalid(alice.create({"prompt": "x", "reference_images": [b64(png[: len(png) // 2])]}))
+    params = _invalid(
+        alice.create({"prompt": "x", "reference_images": [b64(png[: len(png) // 2])]})
+    )
     assert "reference_images[0]" in params
 
 
 def test_non_http_url_is_refused(alice: Api) -> None:
-    params = _invalid(alice.create({"prompt": "x", "reference_images": ["ftp://example.com/a.png"]}))
+    params = _invalid(
+        alice.create({"prompt": "x", "reference_images": ["ftp://example.com/a.png"]})
+    )
     assert "reference_images[0]" in params
 
 
@@ -77,12 +87,16 @@ def test_field_errors_name_the_field(alice: Api, body: dict[str, object], field:
 
 
 def test_body_that_is_not_json(alice: Api) -> None:
-    response = alice.http.post(ENDPOINT, content=b"{not json", headers={"content-type": "application/json"})
+    response = alice.http.post(
+        ENDPOINT, content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert "body" in _invalid(response)
 
 
 def test_pagination_errors_use_the_spec_text(alice: Api) -> None:
-    assert _invalid(alice.http.get(ENDPOINT, params={"page": 0})) == {"page": "Parameter 'page' must be greater than 0"}
+    assert _invalid(alice.http.get(ENDPOINT, params={"page": 0})) == {
+        "page": "Parameter 'page' must be greater than 0"
+    }
     assert _invalid(alice.http.get(ENDPOINT, params={"per_page": 0})) == {
         "per_page": "Parameter 'per_page' must be greater than 0"
     }
@@ -113,8 +127,13 @@ def test_isolation_between_keys(alice: Api, bob: Api) -> None:
     not_found = bob.get(task_id)
     assert not_found.status_code == 404
     assert not_found.json() == {"message": "Not Found"}
-    assert task_id not in [t["task_id"] for t in bob.http.get(ENDPOINT, params={"per_page": 100}).json()["data"]]
-    assert all(done["generated"][0] not in t["generated"] for t in bob.http.get(ENDPOINT, params={"per_page": 100}).json()["data"])
+    assert task_id not in [
+        t["task_id"] for t in bob.http.get(ENDPOINT, params={"per_page": 100}).json()["data"]
+    ]
+    assert all(
+        done["generated"][0] not in t["generated"]
+        for t in bob.http.get(ENDPOINT, params={"per_page": 100}).json()["data"]
+    )
 
 
 def test_unknown_task_is_404(alice: Api) -> None:

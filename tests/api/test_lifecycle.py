@@ -38,8 +38,12 @@ def test_text_to_image_completes_with_a_downloadable_png(alice: Api) -> None:
 
 
 def test_offline_output_is_deterministic(alice: Api) -> None:
-    first = alice.wait(alice.create({"prompt": "same prompt, same picture"}).json()["data"]["task_id"])
-    second = alice.wait(alice.create({"prompt": "same prompt, same picture"}).json()["data"]["task_id"])
+    first = alice.wait(
+        alice.create({"prompt": "same prompt, same picture"}).json()["data"]["task_id"]
+    )
+    second = alice.wait(
+        alice.create({"prompt": "same prompt, same picture"}).json()["data"]["task_id"]
+    )
     assert first["generated"] != second["generated"]  # different tasks, different URLs
     assert _download(first["generated"][0]).content == _download(second["generated"][0]).content
 
@@ -70,7 +74,9 @@ def test_three_references_base64_data_uri_and_url(alice: Api, file_server: FileS
     assert "/ref-three.jpg" in file_server.requests
 
 
-def test_unreachable_reference_url_fails_the_task_with_a_reason(alice: Api, file_server: FileServer) -> None:
+def test_unreachable_reference_url_fails_the_task_with_a_reason(
+    alice: Api, file_server: FileServer
+) -> None:
     url = file_server.url + "/missing.png"
     task = alice.create({"prompt": "x", "reference_images": [url]}).json()["data"]
     done = alice.wait(task["task_id"])
@@ -80,9 +86,13 @@ def test_unreachable_reference_url_fails_the_task_with_a_reason(alice: Api, file
     assert done["generated"] == []
 
 
-def test_reference_url_that_is_not_an_image_fails_the_task(alice: Api, file_server: FileServer) -> None:
+def test_reference_url_that_is_not_an_image_fails_the_task(
+    alice: Api, file_server: FileServer
+) -> None:
     url = file_server.add("/page.html", b"<html>hello</html>", "text/html")
-    done = alice.wait(alice.create({"prompt": "x", "reference_images": [url]}).json()["data"]["task_id"])
+    done = alice.wait(
+        alice.create({"prompt": "x", "reference_images": [url]}).json()["data"]["task_id"]
+    )
     assert done["status"] == "FAILED"
     assert "reference_images[0]" in done["error"]
     assert "not an image" in done["error"]
@@ -90,10 +100,17 @@ def test_reference_url_that_is_not_an_image_fails_the_task(alice: Api, file_serv
 
 @pytest.mark.parametrize(
     ("ratio", "size"),
-    [("widescreen_16_9", (1344, 768)), ("social_story_9_16", (768, 1344)), ("4:3", (1184, 864)), ("square_1_1", (1024, 1024))],
+    [
+        ("widescreen_16_9", (1344, 768)),
+        ("social_story_9_16", (768, 1344)),
+        ("4:3", (1184, 864)),
+        ("square_1_1", (1024, 1024)),
+    ],
 )
 def test_aspect_ratio_is_honoured(alice: Api, ratio: str, size: tuple[int, int]) -> None:
-    done = alice.wait(alice.create({"prompt": "ratio", "aspect_ratio": ratio}).json()["data"]["task_id"])
+    done = alice.wait(
+        alice.create({"prompt": "ratio", "aspect_ratio": ratio}).json()["data"]["task_id"]
+    )
     assert done["status"] == "COMPLETED"
     assert Image.open(io.BytesIO(_download(done["generated"][0]).content)).size == size
 
@@ -125,4 +142,6 @@ def test_unknown_route_and_method_are_json(alice: Api) -> None:
 
 def test_every_response_has_a_request_id(alice: Api) -> None:
     assert alice.http.get("/healthz").headers["x-request-id"]
-    assert alice.http.get("/v1/ai/gemini-2-5-flash-image-preview/" + str(uuid.uuid4())).headers["x-request-id"]
+    assert alice.http.get("/v1/ai/gemini-2-5-flash-image-preview/" + str(uuid.uuid4())).headers[
+        "x-request-id"
+    ]

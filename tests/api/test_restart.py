@@ -17,7 +17,11 @@ def test_kill_9_mid_task_then_restart_completes_it(tmp_path: Path) -> None:
     first = ServerProcess(tmp_path, env).start()
     api = Api(first.url, KEY_A)
     running = api.create({"prompt": "survive a crash"}).json()["data"]["task_id"]
-    wait_until(lambda: api.get(running).json()["data"]["status"] == "IN_PROGRESS", 10, message="IN_PROGRESS")
+    wait_until(
+        lambda: api.get(running).json()["data"]["status"] == "IN_PROGRESS",
+        10,
+        message="IN_PROGRESS",
+    )
     first.kill()
 
     second = ServerProcess(tmp_path, env, port=first.port).start()
@@ -35,7 +39,11 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, env).start()
     api = Api(server.url, KEY_A)
     task_id = api.create({"prompt": "finish before exit"}).json()["data"]["task_id"]
-    wait_until(lambda: api.get(task_id).json()["data"]["status"] == "IN_PROGRESS", 10, message="IN_PROGRESS")
+    wait_until(
+        lambda: api.get(task_id).json()["data"]["status"] == "IN_PROGRESS",
+        10,
+        message="IN_PROGRESS",
+    )
     assert server.stop() == 0
     again = ServerProcess(tmp_path, env, port=server.port).start()
     try:

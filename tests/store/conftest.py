@@ -12,11 +12,17 @@ import pytest
 from imagegate.store.sql import SqlStore
 from imagegate.tasks.model import Status, Task
 
-POSTGRES_URL = os.environ.get("IMAGEGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "IMAGEGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def presenter(task: Task) -> dict[str, Any]:
-    return {"task_id": task.id, "status": task.status.value, "generated": [g.key for g in task.generated]}
+    return {
+        "task_id": task.id,
+        "status": task.status.value,
+        "generated": [g.key for g in task.generated],
+    }
 
 
 def new_task(owner: str = "owner-a", webhook_url: str | None = None) -> Task:

@@ -51,9 +51,15 @@ async def test_only_the_lease_holder_can_finish(store: SqlStore) -> None:
     await asyncio.sleep(0.1)
     await store.claim_task("alive", 30)
     image = GeneratedImage("outputs/x/y-1.png", "image/png")
-    assert not await store.complete_task(task.id, "dead", [image], engine="offline", model=None, text=None)
-    assert await store.complete_task(task.id, "alive", [image], engine="offline", model="m", text=None)
-    assert not await store.complete_task(task.id, "alive", [image], engine="offline", model="m", text=None)
+    assert not await store.complete_task(
+        task.id, "dead", [image], engine="offline", model=None, text=None
+    )
+    assert await store.complete_task(
+        task.id, "alive", [image], engine="offline", model="m", text=None
+    )
+    assert not await store.complete_task(
+        task.id, "alive", [image], engine="offline", model="m", text=None
+    )
     done = await store.get_task(task.id)
     assert done is not None and done.status is Status.COMPLETED
     assert done.generated == [image]
@@ -105,7 +111,13 @@ async def test_status_changes_write_webhook_messages_in_order(store: SqlStore) -
     assert [m.status for m in first] == ["IN_PROGRESS"]
     assert json.loads(first[0].payload)["status"] == "IN_PROGRESS"
     await store.record_webhook_attempt(
-        first[0].id, "d1", status_code=200, error=None, duration_ms=1.0, next_attempt_at=None, state="delivered"
+        first[0].id,
+        "d1",
+        status_code=200,
+        error=None,
+        duration_ms=1.0,
+        next_attempt_at=None,
+        state="delivered",
     )
     second = await store.claim_webhooks("d1", 30, 10)
     assert [m.status for m in second] == ["FAILED"]

@@ -31,7 +31,9 @@ class FileServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def add(self, path: str, body: bytes, content_type: str = "image/png", status: int = 200) -> str:
+    def add(
+        self, path: str, body: bytes, content_type: str = "image/png", status: int = 200
+    ) -> str:
         self.routes[path] = (status, body, content_type)
         return self.url + path
 

@@ -20,7 +20,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.02, message: str = "condition") -> Any:
+def wait_until(
+    predicate: Any, timeout: float, interval: float = 0.02, message: str = "condition"
+) -> Any:
     """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None

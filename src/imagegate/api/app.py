@@ -14,14 +14,13 @@ from imagegate import __version__
 from imagegate.api.errors import SERVICE_UNAVAILABLE, install_error_handlers
 from imagegate.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from imagegate.api.routes import router
-from imagegate.engines import build_engine
 from imagegate.settings import Settings
 from imagegate.storage import open_storage
 from imagegate.store import open_store
 from imagegate.tasks.keys import KeyRing, create_key
 from imagegate.tasks.presenter import TaskPresenter
 from imagegate.tasks.service import TaskService
-from imagegate.worker.runner import Worker
+from imagegate.worker.process import WorkerRuntime
 
 log = logging.getLogger("imagegate")
 
@@ -48,16 +47,13 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             print(
                 "\nNo API keys yet, so imagegate made one. It is shown only this once:\n\n"
                 f"    {created.key}\n\n"
-                "Send it as the x-freepik-api-key header. Manage keys with `imagegate keys`.\n",
+                "Send it as the x-freepik-api-key header. Manage keys with `imagegate keys`.\n"
+                f"Webhooks of this key are signed with {created.webhook_secret}\n",
                 flush=True,
             )
-        worker: Worker | None = None
-        engine = None
+        runtime: WorkerRuntime | None = None
         if run_worker:
-            engine = build_engine(settings)
-            await engine.start()
-            worker = Worker(store, storage, engine, settings)
-            log.info("engine: %s; worker concurrency %d", engine.describe(), worker.concurrency)
+            runtime = WorkerRuntime(store, storage, settings)
         else:
             log.info("API only (--no-worker): tasks are run by `imagegate worker` processes")
         app.state.settings = settings
@@ -65,17 +61,17 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         app.state.store = store
         app.state.presenter = presenter
         app.state.keyring = keyring
-        app.state.worker = worker
-        app.state.tasks = TaskService(store, storage, settings, on_created=worker.notify if worker else lambda: None)
-        if worker:
-            worker.start()
+        app.state.runtime = runtime
+        app.state.tasks = TaskService(
+            store, storage, settings, on_created=runtime.notify if runtime else lambda: None
+        )
+        if runtime:
+            await runtime.start()
         try:
             yield
         finally:
-            if worker:
-                await worker.stop(grace=settings.shutdown_grace_seconds)
-            if engine:
-                await engine.close()
+            if runtime:
+                await runtime.stop()
             await store.close()
 
     app = FastAPI(
@@ -99,7 +95,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             await request.app.state.storage.ping()
         except Exception as exc:
             log.warning("not ready: %s", exc)
-            return JSONResponse({"message": SERVICE_UNAVAILABLE, "reason": type(exc).__name__}, status_code=503)
+            return JSONResponse(
+                {"message": SERVICE_UNAVAILABLE, "reason": type(exc).__name__}, status_code=503
+            )
         return JSONResponse({"status": "ready"})
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -11,7 +11,9 @@ API_KEY_HEADER = "x-freepik-api-key"
 
 # Declared as a security scheme so /openapi.json and /docs show it; checked by hand so the
 # 401 bodies are exactly the spec's.
-api_key_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Your imagegate API key.")
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, description="Your imagegate API key."
+)
 
 
 async def require_owner(request: Request, key: str | None = Security(api_key_scheme)) -> str:

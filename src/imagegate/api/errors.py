@@ -37,14 +37,18 @@ STATUS_MESSAGES = {
 class ApiError(Exception):
     """An answer the API gives on purpose: a status and a message for the client."""
 
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status_code: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.headers = headers
 
 
-def message_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def message_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"message": message}, status_code=status_code, headers=headers)
 
 
@@ -73,7 +77,11 @@ def _reason(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind in ("string_type", "list_type", "dict_type", "model_attributes_type"):
-        expected = {"string_type": "a string", "list_type": "an array", "dict_type": "an object"}.get(kind, "an object")
+        expected = {
+            "string_type": "a string",
+            "list_type": "an array",
+            "dict_type": "an object",
+        }.get(kind, "an object")
         return f"must be {expected}"
     if kind == "too_long" and error.get("ctx", {}).get("max_length") == 3:
         return "at most 3 reference images are allowed"
@@ -121,5 +129,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         request_id = request.scope.get("state", {}).get("request_id", "-")
-        log.error("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id, exc_info=exc)
+        log.error(
+            "unhandled error in %s %s (request %s)",
+            request.method,
+            request.url.path,
+            request_id,
+            exc_info=exc,
+        )
         return message_response(500, "Internal Server Error", {"x-request-id": request_id})

@@ -54,13 +54,18 @@ class BodySizeLimitMiddleware:
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(
-            {"message": f"Request body is larger than the limit of {self.max_bytes:,} bytes (IMAGEGATE_MAX_BODY_BYTES)"}
+            {
+                "message": f"Request body is larger than the limit of {self.max_bytes:,} bytes (IMAGEGATE_MAX_BODY_BYTES)"
+            }
         ).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

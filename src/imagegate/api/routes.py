@@ -45,7 +45,11 @@ def _base_url(request: Request) -> str:
     summary="Image generation and editing using Gemini 2.5 Flash",
     description="Create a task from a prompt and up to 3 reference images. The task is stored before "
     "this answers; poll GET with its `task_id`, or pass `webhook_url` to be notified.",
-    responses={200: {"model": TaskEnvelope, "description": "OK - the task was created"}, **ERROR_RESPONSES, **TOO_LARGE_RESPONSE},
+    responses={
+        200: {"model": TaskEnvelope, "description": "OK - the task was created"},
+        **ERROR_RESPONSES,
+        **TOO_LARGE_RESPONSE,
+    },
     tags=["gemini-2-5-flash-image-preview"],
 )
 async def create_task(body: CreateTaskRequest, request: Request, owner: Owner) -> JSONResponse:
@@ -61,17 +65,23 @@ async def create_task(body: CreateTaskRequest, request: Request, owner: Owner) -
         extras=extras,
     )
     service = _service(request)
-    task = await service.create(owner, new, base_url=_base_url(request), request_id=request.scope["state"].get("request_id"))
+    task = await service.create(
+        owner, new, base_url=_base_url(request), request_id=request.scope["state"].get("request_id")
+    )
     return JSONResponse({"data": request.app.state.presenter(task)})
 
 
-def _page_param(name: str, value: int | None, default: int, maximum: int | None = None) -> tuple[int, InvalidParam | None]:
+def _page_param(
+    name: str, value: int | None, default: int, maximum: int | None = None
+) -> tuple[int, InvalidParam | None]:
     if value is None:
         return default, None
     if value < 1:
         return default, InvalidParam(name, f"Parameter '{name}' must be greater than 0")
     if maximum is not None and value > maximum:
-        return default, InvalidParam(name, f"Parameter '{name}' must be less than or equal to {maximum}")
+        return default, InvalidParam(
+            name, f"Parameter '{name}' must be less than or equal to {maximum}"
+        )
     return value, None
 
 
@@ -79,14 +89,19 @@ def _page_param(name: str, value: int | None, default: int, maximum: int | None 
     ENDPOINT,
     summary="List tasks",
     description="The caller's tasks, newest first.",
-    responses={200: {"model": TaskListEnvelope, "description": "OK - the caller's tasks"}, **ERROR_RESPONSES},
+    responses={
+        200: {"model": TaskListEnvelope, "description": "OK - the caller's tasks"},
+        **ERROR_RESPONSES,
+    },
     tags=["gemini-2-5-flash-image-preview"],
 )
 async def list_tasks(
     request: Request,
     owner: Owner,
     page: Annotated[int | None, Query(description="Page number, from 1.", examples=[1])] = None,
-    per_page: Annotated[int | None, Query(description="Tasks per page, 1 to 100 (default 20).", examples=[20])] = None,
+    per_page: Annotated[
+        int | None, Query(description="Tasks per page, 1 to 100 (default 20).", examples=[20])
+    ] = None,
 ) -> JSONResponse:
     page_value, page_problem = _page_param("page", page, 1)
     per_page_value, per_page_problem = _page_param("per_page", per_page, 20, MAX_PER_PAGE)
@@ -101,7 +116,14 @@ async def list_tasks(
 @router.get(
     ENDPOINT + "/{task_id}",
     summary="Get the status of one task",
-    responses={200: {"model": TaskEnvelope, "description": "OK - the task exists and its status is returned"}, **NOT_FOUND_RESPONSE, **ERROR_RESPONSES},
+    responses={
+        200: {
+            "model": TaskEnvelope,
+            "description": "OK - the task exists and its status is returned",
+        },
+        **NOT_FOUND_RESPONSE,
+        **ERROR_RESPONSES,
+    },
     tags=["gemini-2-5-flash-image-preview"],
 )
 async def get_task(task_id: str, request: Request, owner: Owner) -> JSONResponse:
@@ -118,7 +140,10 @@ async def get_task(task_id: str, request: Request, owner: Owner) -> JSONResponse
     summary="A generated image",
     description="The bytes of a generated image. The URL itself is the credential: it carries a "
     "random token and is only ever listed to the task's owner.",
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **NOT_FOUND_RESPONSE},
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        **NOT_FOUND_RESPONSE,
+    },
     tags=["files"],
 )
 async def get_file(key: str, request: Request) -> Response:

@@ -46,20 +46,33 @@ class CreateTaskRequest(BaseModel):
         default=None,
         description="Extension: `square_1_1`, `widescreen_16_9`, `social_story_9_16`, ... or `16:9`.",
     )
-    seed: int | None = Field(default=None, description="Extension: makes results reproducible where the engine allows.")
+    seed: int | None = Field(
+        default=None, description="Extension: makes results reproducible where the engine allows."
+    )
 
 
 class TaskDetail(BaseModel):
-    task_id: str = Field(description="Task identifier", json_schema_extra={"format": "uuid"}, examples=[TASK_ID_EXAMPLE])
+    task_id: str = Field(
+        description="Task identifier",
+        json_schema_extra={"format": "uuid"},
+        examples=[TASK_ID_EXAMPLE],
+    )
     status: str = Field(
         description="Task status",
         json_schema_extra={"enum": ["CREATED", "IN_PROGRESS", "COMPLETED", "FAILED"]},
         examples=["COMPLETED"],
     )
-    generated: list[str] = Field(description="URLs of the generated images", json_schema_extra={"items": {"type": "string", "format": "uri"}})
+    generated: list[str] = Field(
+        description="URLs of the generated images",
+        json_schema_extra={"items": {"type": "string", "format": "uri"}},
+    )
     error: str | None = Field(default=None, description="Extension: why a FAILED task failed.")
-    model: str | None = Field(default=None, description="Extension: the model that made the images.")
-    text: str | None = Field(default=None, description="Extension: text the model returned with its images.")
+    model: str | None = Field(
+        default=None, description="Extension: the model that made the images."
+    )
+    text: str | None = Field(
+        default=None, description="Extension: text the model returned with its images."
+    )
 
 
 class TaskEnvelope(BaseModel):
@@ -96,7 +109,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/json": {
                 "example": {
                     "message": "Your request parameters didn't validate.",
-                    "invalid_params": [{"name": "page", "reason": "Parameter 'page' must be greater than 0"}],
+                    "invalid_params": [
+                        {"name": "page", "reason": "Parameter 'page' must be greater than 0"}
+                    ],
                 }
             }
         },
@@ -119,8 +134,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 NOT_FOUND_RESPONSE: dict[int | str, dict[str, Any]] = {
-    404: {"model": MessageBody, "description": "Not Found - no such task for this key.", "content": _message_example("Not Found")}
+    404: {
+        "model": MessageBody,
+        "description": "Not Found - no such task for this key.",
+        "content": _message_example("Not Found"),
+    }
 }
 TOO_LARGE_RESPONSE: dict[int | str, dict[str, Any]] = {
-    413: {"model": MessageBody, "description": "Request body too large.", "content": _message_example("Request body is larger than the limit")}
+    413: {
+        "model": MessageBody,
+        "description": "Request body too large.",
+        "content": _message_example("Request body is larger than the limit"),
+    }
 }

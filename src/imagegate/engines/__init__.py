@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from imagegate.engines.base import Engine, EngineError, EngineRequest, EngineResult, InputImage, OutputImage
+from imagegate.engines.base import (
+    Engine,
+    EngineError,
+    EngineRequest,
+    EngineResult,
+    InputImage,
+    OutputImage,
+)
 from imagegate.settings import Settings
 
 

@@ -30,7 +30,9 @@ def _contrast(color: tuple[int, int, int]) -> tuple[int, int, int]:
     return (20, 20, 20) if luminance > 140 else (240, 240, 240)
 
 
-def render(prompt: str, references: list[InputImage], size: tuple[int, int], seed: int | None) -> bytes:
+def render(
+    prompt: str, references: list[InputImage], size: tuple[int, int], seed: int | None
+) -> bytes:
     """Draw the picture and encode it as PNG. CPU-bound: call it from a thread."""
     hasher = hashlib.sha256(prompt.encode())
     for ref in references:
@@ -63,7 +65,10 @@ def render(prompt: str, references: list[InputImage], size: tuple[int, int], see
             thumb.thumbnail((thumb_side, thumb_side))
         left = 24 + index * (thumb_side + 16)
         top = height - thumb_side - 64
-        draw.rectangle((left - 4, top - 4, left + thumb.width + 3, top + thumb.height + 3), fill=(255, 255, 255))
+        draw.rectangle(
+            (left - 4, top - 4, left + thumb.width + 3, top + thumb.height + 3),
+            fill=(255, 255, 255),
+        )
         image.paste(thumb, (left, top))
 
     # The prompt's words, wrapped, on a panel so they are readable on any background.
@@ -96,7 +101,9 @@ class OfflineEngine:
     @classmethod
     def from_settings(cls, settings: Settings) -> OfflineEngine:
         # With a delay the engine mostly waits, so many tasks can wait side by side.
-        return cls(delay_ms=settings.offline_delay_ms, concurrency=64 if settings.offline_delay_ms else 16)
+        return cls(
+            delay_ms=settings.offline_delay_ms, concurrency=64 if settings.offline_delay_ms else 16
+        )
 
     async def start(self) -> None:
         return None

@@ -6,7 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
@@ -46,7 +46,7 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageProblem(f"is larger than the limit of {max_pixels:,} pixels") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise ImageProblem("is not an image in a supported format (PNG, JPEG, WebP, GIF)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageProblem(f"is not a valid image: {exc}") from None

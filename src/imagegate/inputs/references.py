@@ -18,7 +18,9 @@ from imagegate.net import OutboundError, fetch_image_bytes, validate_url_syntax
 from imagegate.storage import BlobStorage
 from imagegate.tasks.model import ReferenceSpec
 
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
+_DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I
+)
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -70,11 +72,15 @@ def _decode_base64(text: str, field: str, max_bytes: int) -> bytes:
     return data
 
 
-def parse_reference(item: object, index: int, *, max_bytes: int, max_pixels: int) -> ParsedReference:
+def parse_reference(
+    item: object, index: int, *, max_bytes: int, max_pixels: int
+) -> ParsedReference:
     """Classify and check one item of `reference_images` (CPU-bound for base64: use a thread)."""
     field = field_name(index)
     if not isinstance(item, str):
-        raise ReferenceProblem(field, "must be a string: base64 image data, a data: URI or an http(s) URL")
+        raise ReferenceProblem(
+            field, "must be a string: base64 image data, a data: URI or an http(s) URL"
+        )
     text = item.strip()
     if not text:
         raise ReferenceProblem(field, "is empty")
@@ -101,7 +107,9 @@ def parse_reference(item: object, index: int, *, max_bytes: int, max_pixels: int
         info = inspect_image(data, max_pixels=max_pixels)
     except ImageProblem as exc:
         raise ReferenceProblem(field, str(exc)) from None
-    return DecodedReference(data=data, mime_type=info.mime_type, width=info.width, height=info.height)
+    return DecodedReference(
+        data=data, mime_type=info.mime_type, width=info.width, height=info.height
+    )
 
 
 async def load_reference(
@@ -119,7 +127,9 @@ async def load_reference(
     if spec.kind == "blob":
         data = await storage.get(spec.value)
         if data is None:
-            raise ReferenceProblem(field, "the stored copy of this image is missing from blob storage")
+            raise ReferenceProblem(
+                field, "the stored copy of this image is missing from blob storage"
+            )
     else:
         try:
             fetched = await fetch_image_bytes(

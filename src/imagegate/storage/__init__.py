@@ -13,13 +13,11 @@ def open_storage(url: str) -> BlobStorage:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.path)))
-    if parsed.scheme == "s3":
-        from imagegate.storage.s3 import S3Storage
-
-        return S3Storage.from_url(url)
     if not parsed.scheme:
         return LocalStorage(Path(url))
-    raise ValueError(f"IMAGEGATE_STORAGE_URL: unsupported scheme {parsed.scheme!r} (use file:// or s3://)")
+    raise ValueError(
+        f"IMAGEGATE_STORAGE_URL: unsupported scheme {parsed.scheme!r} (use file:// or s3://)"
+    )
 
 
 __all__ = ["BlobStorage", "LocalStorage", "content_type_for", "extension_for", "open_storage"]

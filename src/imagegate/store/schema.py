@@ -28,6 +28,11 @@ api_keys = Table(
     Column("prefix", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    # Plain text: it must sign every webhook. The key itself is only stored hashed.
+    Column("webhook_secret", Text, nullable=False),
+    # Kept for a grace period after a rotation; webhooks are signed with both meanwhile.
+    Column("previous_webhook_secret", Text, nullable=True),
+    Column("previous_secret_expires_at", Float, nullable=True),
 )
 
 tasks = Table(

@@ -23,7 +23,6 @@ from imagegate.store.migrate import upgrade_to_head
 from imagegate.store.schema import api_keys, tasks, webhook_attempts, webhook_outbox
 from imagegate.tasks.model import ApiKey, GeneratedImage, ReferenceSpec, Status, Task
 
-
 LEASE_EXPIRED = "the worker running the previous attempt stopped responding (its lease expired)"
 
 
@@ -68,7 +67,11 @@ def _task_from_row(row: Row[Any]) -> Task:
 def _key_from_row(row: Row[Any]) -> ApiKey:
     m = row._mapping
     return ApiKey(
-        id=m["id"], name=m["name"], prefix=m["prefix"], created_at=m["created_at"], revoked_at=m["revoked_at"]
+        id=m["id"],
+        name=m["name"],
+        prefix=m["prefix"],
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
     )
 
 
@@ -94,7 +97,11 @@ class SqlStore:
             if self.search_path:
                 connect_args["server_settings"] = {"search_path": self.search_path}
             engine = create_async_engine(
-                self.url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args
+                self.url,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                connect_args=connect_args,
             )
         self._engine = engine
         async with engine.begin() as conn:
@@ -116,21 +123,65 @@ class SqlStore:
             await conn.execute(select(1))
 
     # --- keys -----------------------------------------------------------------------
-    async def create_key(self, name: str, key_hash: str, prefix: str) -> ApiKey:
-        key = ApiKey(id="key_" + secrets.token_hex(8), name=name, prefix=prefix, created_at=time.time())
+    async def create_key(
+        self, name: str, key_hash: str, prefix: str, webhook_secret: str
+    ) -> ApiKey:
+        key = ApiKey(
+            id="key_" + secrets.token_hex(8), name=name, prefix=prefix, created_at=time.time()
+        )
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(api_keys).values(
-                    id=key.id, name=name, key_hash=key_hash, prefix=prefix, created_at=key.created_at
+                    id=key.id,
+                    name=name,
+                    key_hash=key_hash,
+                    prefix=prefix,
+                    created_at=key.created_at,
+                    webhook_secret=webhook_secret,
                 )
             )
         return key
+
+    async def webhook_secrets(self, owner: str) -> list[str]:
+        now = time.time()
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        api_keys.c.webhook_secret,
+                        api_keys.c.previous_webhook_secret,
+                        api_keys.c.previous_secret_expires_at,
+                    ).where(api_keys.c.id == owner)
+                )
+            ).first()
+        if row is None:
+            return []
+        found = [row.webhook_secret]
+        if row.previous_webhook_secret and (row.previous_secret_expires_at or 0) > now:
+            found.append(row.previous_webhook_secret)
+        return found
+
+    async def rotate_webhook_secret(self, name: str, new_secret: str, grace_seconds: float) -> bool:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                .values(
+                    previous_webhook_secret=api_keys.c.webhook_secret,
+                    previous_secret_expires_at=now + grace_seconds,
+                    webhook_secret=new_secret,
+                )
+            )
+        return bool(result.rowcount)
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(api_keys).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+                    select(api_keys).where(
+                        api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+                    )
                 )
             ).first()
         return _key_from_row(row) if row else None
@@ -151,7 +202,9 @@ class SqlStore:
 
     async def count_keys(self) -> int:
         async with self.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(api_keys))).scalar_one())
+            return int(
+                (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
+            )
 
     # --- tasks: API side ------------------------------------------------------------
     async def create_task(self, task: Task) -> None:
@@ -183,7 +236,13 @@ class SqlStore:
         return _task_from_row(row) if row else None
 
     async def list_tasks(self, owner: str, offset: int, limit: int) -> list[Task]:
-        query = select(tasks).where(tasks.c.owner == owner).order_by(tasks.c.seq.desc()).offset(offset).limit(limit)
+        query = (
+            select(tasks)
+            .where(tasks.c.owner == owner)
+            .order_by(tasks.c.seq.desc())
+            .offset(offset)
+            .limit(limit)
+        )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_task_from_row(r) for r in rows]
@@ -202,7 +261,9 @@ class SqlStore:
                 )
             ).one()
         oldest = row[2]
-        return QueueStats(queued=row[0], running=row[1], oldest_queued_age=(now - oldest) if oldest else 0.0)
+        return QueueStats(
+            queued=row[0], running=row[1], oldest_queued_age=(now - oldest) if oldest else 0.0
+        )
 
     # --- tasks: worker side ---------------------------------------------------------
     async def claim_task(self, worker_id: str, lease_seconds: float) -> Task | None:
@@ -277,9 +338,14 @@ class SqlStore:
     async def fail_task(self, task_id: str, worker_id: str | None, error: str) -> bool:
         return await self._finish(task_id, worker_id, status=Status.FAILED, error=error)
 
-    async def _finish(self, task_id: str, worker_id: str | None, *, status: Status, **values: Any) -> bool:
+    async def _finish(
+        self, task_id: str, worker_id: str | None, *, status: Status, **values: Any
+    ) -> bool:
         now = time.time()
-        conditions = [tasks.c.id == task_id, tasks.c.status.in_([Status.CREATED.value, Status.IN_PROGRESS.value])]
+        conditions = [
+            tasks.c.id == task_id,
+            tasks.c.status.in_([Status.CREATED.value, Status.IN_PROGRESS.value]),
+        ]
         if worker_id is not None:
             # Fencing: only the worker that holds the lease may finish the task, so a task
             # whose lease was taken over is never finished twice.
@@ -343,7 +409,9 @@ class SqlStore:
             ids = [r._mapping["id"] for r in rows]
             if ids:
                 await conn.execute(delete(webhook_outbox).where(webhook_outbox.c.task_id.in_(ids)))
-                await conn.execute(delete(webhook_attempts).where(webhook_attempts.c.task_id.in_(ids)))
+                await conn.execute(
+                    delete(webhook_attempts).where(webhook_attempts.c.task_id.in_(ids))
+                )
         return [_task_from_row(r) for r in rows]
 
     # --- webhook outbox ---------------------------------------------------------------
@@ -367,7 +435,9 @@ class SqlStore:
             )
         )
 
-    async def claim_webhooks(self, worker_id: str, lease_seconds: float, limit: int) -> list[OutboxMessage]:
+    async def claim_webhooks(
+        self, worker_id: str, lease_seconds: float, limit: int
+    ) -> list[OutboxMessage]:
         now = time.time()
         earlier = webhook_outbox.alias("earlier")
         # Per task, a message waits until every earlier message of that task is settled.
@@ -382,7 +452,11 @@ class SqlStore:
         )
         candidates: Select[Any] = (
             select(webhook_outbox.c.seq)
-            .where(webhook_outbox.c.state == "pending", webhook_outbox.c.next_attempt_at <= now, ~blocked)
+            .where(
+                webhook_outbox.c.state == "pending",
+                webhook_outbox.c.next_attempt_at <= now,
+                ~blocked,
+            )
             .order_by(webhook_outbox.c.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -430,7 +504,9 @@ class SqlStore:
             row = (
                 await conn.execute(
                     update(webhook_outbox)
-                    .where(webhook_outbox.c.id == message_id, webhook_outbox.c.lease_owner == worker_id)
+                    .where(
+                        webhook_outbox.c.id == message_id, webhook_outbox.c.lease_owner == worker_id
+                    )
                     .values(
                         state=state,
                         next_attempt_at=next_attempt_at,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from imagegate.store import Store
 from imagegate.tasks.model import ApiKey
+from imagegate.webhooks.signing import generate_secret
 
 KEY_PREFIX = "ig_"
 # How long a key lookup is remembered; a revoked key stops working within this time.
@@ -24,20 +25,25 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+STATIC_OWNER_PREFIX = "static_"
+
+
 def static_owner(key_hash: str) -> str:
-    return "static_" + key_hash[:24]
+    return STATIC_OWNER_PREFIX + key_hash[:24]
 
 
 @dataclass(frozen=True, slots=True)
 class CreatedKey:
     key: str
+    webhook_secret: str
     record: ApiKey
 
 
 async def create_key(store: Store, name: str) -> CreatedKey:
     key = generate_key()
-    record = await store.create_key(name, hash_key(key), key[: len(KEY_PREFIX) + 6])
-    return CreatedKey(key=key, record=record)
+    secret = generate_secret()
+    record = await store.create_key(name, hash_key(key), key[: len(KEY_PREFIX) + 6], secret)
+    return CreatedKey(key=key, webhook_secret=secret, record=record)
 
 
 class KeyRing:

@@ -25,7 +25,15 @@ from imagegate.tasks.model import ReferenceSpec, Status, Task
 
 MAX_REFERENCES = 3
 # Extension fields we keep for engines; anything else a client sends is ignored.
-KEPT_EXTRAS = ("resolution", "num_images", "negative_prompt", "guidance_scale", "steps", "model", "filter_nsfw")
+KEPT_EXTRAS = (
+    "resolution",
+    "num_images",
+    "negative_prompt",
+    "guidance_scale",
+    "steps",
+    "model",
+    "filter_nsfw",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +77,17 @@ class TaskService:
             problems.append(InvalidParam("prompt", "must not be empty"))
         elif len(new.prompt) > self.settings.max_prompt_chars:
             problems.append(
-                InvalidParam("prompt", f"is {len(new.prompt):,} characters; the limit is {self.settings.max_prompt_chars:,}")
+                InvalidParam(
+                    "prompt",
+                    f"is {len(new.prompt):,} characters; the limit is {self.settings.max_prompt_chars:,}",
+                )
             )
         if new.reference_images is not None and len(new.reference_images) > MAX_REFERENCES:
             problems.append(
-                InvalidParam("reference_images", f"has {len(new.reference_images)} items; at most {MAX_REFERENCES} are allowed")
+                InvalidParam(
+                    "reference_images",
+                    f"has {len(new.reference_images)} items; at most {MAX_REFERENCES} are allowed",
+                )
             )
         if new.webhook_url is not None:
             reason = validate_url_syntax(new.webhook_url)
@@ -81,7 +95,9 @@ class TaskService:
                 problems.append(InvalidParam("webhook_url", reason))
         return problems
 
-    def _parse_references(self, items: list[Any]) -> tuple[list[ParsedReference], list[InvalidParam]]:
+    def _parse_references(
+        self, items: list[Any]
+    ) -> tuple[list[ParsedReference], list[InvalidParam]]:
         parsed: list[ParsedReference] = []
         problems: list[InvalidParam] = []
         for index, item in enumerate(items):
@@ -98,13 +114,17 @@ class TaskService:
                 problems.append(InvalidParam(exc.field, exc.reason))
         return parsed, problems
 
-    async def create(self, owner: str, new: NewTask, *, base_url: str, request_id: str | None) -> Task:
+    async def create(
+        self, owner: str, new: NewTask, *, base_url: str, request_id: str | None
+    ) -> Task:
         problems = self._check_fields(new)
         parsed: list[ParsedReference] = []
         if new.reference_images and not problems:
             if any(isinstance(item, str) and len(item) > 4096 for item in new.reference_images):
                 # Decoding megabytes of base64 and checking images is CPU work: off the loop.
-                parsed, ref_problems = await asyncio.to_thread(self._parse_references, new.reference_images)
+                parsed, ref_problems = await asyncio.to_thread(
+                    self._parse_references, new.reference_images
+                )
             else:
                 parsed, ref_problems = self._parse_references(new.reference_images)
             problems.extend(ref_problems)

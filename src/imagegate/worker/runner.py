@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 
 from imagegate.engines.base import Engine, EngineError, EngineRequest, EngineResult
 from imagegate.inputs.references import ReferenceProblem, load_reference
@@ -44,12 +46,15 @@ class Worker:
         settings: Settings,
         *,
         worker_id: str | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.engine = engine
         self.settings = settings
         self.worker_id = worker_id or make_worker_id()
+        # Called after every status change, so the webhook dispatcher looks at the outbox now.
+        self.on_change = on_change
         self.concurrency = settings.worker_concurrency or engine.concurrency
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -92,28 +97,31 @@ class Worker:
                     task = await self.store.claim_task(self.worker_id, self.settings.lease_seconds)
                     if task is None:
                         break
+                    self.on_change()
                     runner = asyncio.create_task(self._run(task), name=f"task-{task.id}")
                     self._running[task.id] = runner
-                    runner.add_done_callback(lambda _t, tid=task.id: self._finished(tid))
+                    runner.add_done_callback(functools.partial(self._finished, task.id))
             except Exception:
                 log.exception("claiming tasks failed; retrying")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_interval_seconds):
                     await self._wake.wait()
 
-    def _finished(self, task_id: str) -> None:
+    def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self._running.pop(task_id, None)
         self._wake.set()  # a slot is free
 
     # --- running one task -----------------------------------------------------------------
     async def _run(self, task: Task) -> None:
         log.info(
-            "task %s attempt %d started", task.id, task.attempts, extra={"task_id": task.id, "request_id": task.request_id}
+            "task %s attempt %d started",
+            task.id,
+            task.attempts,
+            extra={"task_id": task.id, "request_id": task.request_id},
         )
         if task.attempts > self.settings.max_attempts:
-            await self.store.fail_task(
-                task.id,
-                self.worker_id,
+            await self._fail(
+                task,
                 f"gave up after {self.settings.max_attempts} attempts; last error: {task.error or 'unknown'}",
             )
             return
@@ -166,20 +174,34 @@ class Worker:
                 await self._fail(task, exc.message)
             return
         except TimeoutError:
-            await self._retry(task, f"the attempt ran past its deadline of {self.settings.task_timeout_seconds:g} s", None)
+            await self._retry(
+                task,
+                f"the attempt ran past its deadline of {self.settings.task_timeout_seconds:g} s",
+                None,
+            )
             return
         except Exception as exc:
             log.exception("task %s: unexpected error", task.id)
             await self._retry(task, f"internal error: {type(exc).__name__}: {exc}", None)
             return
         completed = await self.store.complete_task(
-            task.id, self.worker_id, generated, engine=self.engine.name, model=result.model, text=result.text
+            task.id,
+            self.worker_id,
+            generated,
+            engine=self.engine.name,
+            model=result.model,
+            text=result.text,
         )
+        self.on_change()
         elapsed = time.monotonic() - started
         if completed:
-            log.info("task %s completed in %.2f s with %d image(s)", task.id, elapsed, len(generated))
+            log.info(
+                "task %s completed in %.2f s with %d image(s)", task.id, elapsed, len(generated)
+            )
         else:
-            log.warning("task %s finished after its lease was taken over; result discarded", task.id)
+            log.warning(
+                "task %s finished after its lease was taken over; result discarded", task.id
+            )
 
     async def _store_outputs(self, task: Task, result: EngineResult) -> list[GeneratedImage]:
         token = task.options.get("output_token") or uuid.uuid4().hex
@@ -201,13 +223,20 @@ class Worker:
     async def _fail(self, task: Task, reason: str) -> None:
         log.info("task %s failed: %s", task.id, reason)
         await self.store.fail_task(task.id, self.worker_id, reason)
+        self.on_change()
 
     async def _retry(self, task: Task, reason: str, retry_after: float | None) -> None:
         if task.attempts >= self.settings.max_attempts:
             await self._fail(task, f"gave up after {task.attempts} attempts; last error: {reason}")
             return
         delay = retry_after if retry_after is not None else backoff_delay(task.attempts)
-        log.info("task %s attempt %d failed (%s); retrying in %.1f s", task.id, task.attempts, reason, delay)
+        log.info(
+            "task %s attempt %d failed (%s); retrying in %.1f s",
+            task.id,
+            task.attempts,
+            reason,
+            delay,
+        )
         await self.store.retry_task(task.id, self.worker_id, reason, delay)
 
     async def _heartbeat(self, task_id: str, runner: asyncio.Task[None] | None) -> None:
@@ -215,7 +244,9 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                held = await self.store.renew_lease(task_id, self.worker_id, self.settings.lease_seconds)
+                held = await self.store.renew_lease(
+                    task_id, self.worker_id, self.settings.lease_seconds
+                )
             except Exception:
                 log.exception("renewing the lease of task %s failed", task_id)
                 continue

@@ -26,6 +26,9 @@ def upgrade() -> None:
         sa.Column("prefix", sa.String(16), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("revoked_at", sa.Float, nullable=True),
+        sa.Column("webhook_secret", sa.Text, nullable=False),
+        sa.Column("previous_webhook_secret", sa.Text, nullable=True),
+        sa.Column("previous_secret_expires_at", sa.Float, nullable=True),
     )
     op.create_table(
         "tasks",

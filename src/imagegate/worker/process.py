@@ -1,0 +1,52 @@
+"""Everything a worker process runs: the engine, the task worker and the webhook dispatcher.
+
+`imagegate serve` runs one inside the API process (embedded default); `imagegate worker`
+runs one on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from imagegate.engines import Engine, build_engine
+from imagegate.settings import Settings
+from imagegate.storage import BlobStorage
+from imagegate.store import Store
+from imagegate.webhooks.dispatcher import WebhookDispatcher
+from imagegate.webhooks.secrets import SecretBook, load_static_secret
+from imagegate.worker.runner import Worker, make_worker_id
+
+log = logging.getLogger("imagegate.worker")
+
+
+class WorkerRuntime:
+    def __init__(self, store: Store, storage: BlobStorage, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or build_engine(settings)
+        worker_id = make_worker_id()
+        self.webhooks = WebhookDispatcher(
+            store, SecretBook(store, load_static_secret(settings)), settings, worker_id
+        )
+        self.worker = Worker(
+            store, storage, self.engine, settings, worker_id=worker_id, on_change=self.webhooks.notify
+        )
+
+    async def start(self) -> None:
+        await self.engine.start()
+        log.info(
+            "worker %s: engine %s; %d task(s) at once",
+            self.worker.worker_id,
+            self.engine.describe(),
+            self.worker.concurrency,
+        )
+        self.worker.start()
+        self.webhooks.start()
+
+    def notify(self) -> None:
+        self.worker.notify()
+
+    async def stop(self) -> None:
+        grace = self.settings.shutdown_grace_seconds
+        await self.worker.stop(grace=grace)
+        await self.webhooks.stop(grace=min(grace, self.settings.webhook_timeout_seconds))
+        await self.engine.close()
