@@ -153,24 +153,26 @@ def keys_create(
     name: Annotated[str, typer.Argument(help="A name to recognise the key by.")],
 ) -> None:
     """Make a new API key and print it (shown only this once)."""
-    from imagegate.tasks.keys import create_key
+    from imagegate.tasks.keys import CreatedKey, create_key
 
-    async def main(settings: Settings) -> str:
+    async def main(settings: Settings) -> CreatedKey:
         store = await _open_store(settings)
         try:
-            return (await create_key(store, name)).key
+            return await create_key(store, name)
         finally:
             await store.close()
 
     try:
-        key = _run(main, _settings())
+        created = _run(main, _settings())
     except Exception as exc:
         if "UNIQUE" in str(exc).upper() or "unique" in str(exc):
             err.print(f"[red]A key named {name!r} already exists.[/red]")
             raise typer.Exit(1) from None
         raise
     console.print(f"Created key [bold]{name}[/bold]. It is shown only this once:\n")
-    print(key)
+    print(created.key)
+    console.print("\nWebhooks of this key are signed (Standard Webhooks) with:\n")
+    print(created.webhook_secret)
 
 
 @keys_app.command("list")
@@ -210,6 +212,83 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="Name of the key to rev
         err.print(f"[red]No active key named {name!r}.[/red]")
         raise typer.Exit(1)
     console.print(f"Revoked {name}.")
+
+
+@keys_app.command("rotate-webhook-secret")
+def keys_rotate(name: Annotated[str, typer.Argument(help="Name of the key.")]) -> None:
+    """Give a key a new webhook secret; webhooks are signed with old and new for a grace period."""
+    from imagegate.webhooks.signing import generate_secret
+
+    secret = generate_secret()
+    settings = _settings()
+
+    async def main(settings: Settings) -> bool:
+        store = await _open_store(settings)
+        try:
+            return bool(
+                await store.rotate_webhook_secret(
+                    name, secret, settings.webhook_secret_grace_seconds
+                )
+            )
+        finally:
+            await store.close()
+
+    if not _run(main, settings):
+        err.print(f"[red]No active key named {name!r}.[/red]")
+        raise typer.Exit(1)
+    hours = settings.webhook_secret_grace_seconds / 3600
+    console.print(
+        f"New webhook secret for {name} (the old one also signs for the next {hours:g} h):\n"
+    )
+    print(secret)
+
+
+@app.command("webhooks")
+def webhooks_command(
+    task_id: Annotated[str, typer.Argument(help="The task whose webhook deliveries to show.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show every webhook message of a task and each delivery attempt."""
+    import json
+    from datetime import UTC, datetime
+
+    from imagegate.api.routes import delivery_json
+
+    async def main(settings: Settings) -> list[Any] | None:
+        store = await _open_store(settings)
+        try:
+            task = await store.get_task(task_id)
+            return None if task is None else list(await store.webhook_history(task_id, task.owner))
+        finally:
+            await store.close()
+
+    records = _run(main, _settings())
+    if records is None:
+        err.print(f"[red]No task {task_id}.[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps([delivery_json(r) for r in records], indent=2))
+        return
+
+    def when(ts: float | None) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S") if ts else "-"
+
+    table = Table("webhook-id", "status", "state", "attempt", "at", "answer", "next attempt")
+    for record in records:
+        for attempt in record.history or [{}]:
+            answer = attempt.get("status_code") or attempt.get("error") or "-"
+            table.add_row(
+                record.id,
+                record.status,
+                record.state,
+                str(attempt.get("attempt", "-")),
+                when(attempt.get("at")),
+                str(answer),
+                when(record.next_attempt_at),
+            )
+    console.print(table)
+    if not records:
+        console.print("This task has no webhook messages (it has no webhook_url).")
 
 
 @db_app.command("upgrade")

@@ -153,13 +153,29 @@ class Settings(BaseSettings):
         "once and kept in DATA_DIR/webhook_secret (set it explicitly when several machines deliver webhooks).",
     )
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 30000.0],
+        default_factory=lambda: [
+            5.0,
+            30.0,
+            120.0,
+            600.0,
+            1800.0,
+            3600.0,
+            7200.0,
+            14400.0,
+            28800.0,
+            30000.0,
+        ],
         description="Seconds between webhook delivery attempts, comma-separated (default: 11 attempts over about 24 h).",
     )
-    webhook_timeout_seconds: float = Field(10.0, description="How long a webhook receiver has to answer.")
-    webhook_concurrency: int = Field(32, description="Webhook deliveries one worker process makes at once.")
+    webhook_timeout_seconds: float = Field(
+        10.0, description="How long a webhook receiver has to answer."
+    )
+    webhook_concurrency: int = Field(
+        32, description="Webhook deliveries one worker process makes at once."
+    )
     webhook_secret_grace_seconds: float = Field(
-        86400.0, description="After `keys rotate-webhook-secret`, how long webhooks are signed with the old secret too."
+        86400.0,
+        description="After `keys rotate-webhook-secret`, how long webhooks are signed with the old secret too.",
     )
 
     @field_validator("webhook_retry_delays", mode="before")

@@ -19,6 +19,7 @@ from imagegate.api.schemas import (
     TaskListEnvelope,
 )
 from imagegate.storage import content_type_for
+from imagegate.store.base import DeliveryRecord
 from imagegate.tasks.presenter import FILES_PATH
 from imagegate.tasks.service import InvalidParam, InvalidParams, NewTask, TaskService
 
@@ -69,6 +70,21 @@ async def create_task(body: CreateTaskRequest, request: Request, owner: Owner) -
         owner, new, base_url=_base_url(request), request_id=request.scope["state"].get("request_id")
     )
     return JSONResponse({"data": request.app.state.presenter(task)})
+
+
+def delivery_json(record: DeliveryRecord) -> dict[str, Any]:
+    return {
+        "webhook_id": record.id,
+        "status": record.status,
+        "url": record.url,
+        "state": record.state,
+        "attempts": record.attempts,
+        "next_attempt_at": record.next_attempt_at,
+        "last_status_code": record.last_status_code,
+        "last_error": record.last_error,
+        "created_at": record.created_at,
+        "history": record.history,
+    }
 
 
 def _page_param(
@@ -132,6 +148,23 @@ async def get_task(task_id: str, request: Request, owner: Owner) -> JSONResponse
         # Someone else's task is as absent as a task that never existed.
         raise ApiError(404, "Not Found")
     return JSONResponse({"data": request.app.state.presenter(task)})
+
+
+@router.get(
+    ENDPOINT + "/{task_id}/webhooks",
+    summary="Extension: webhook deliveries of one task",
+    description="Every webhook message of the task (one per status change), with each delivery "
+    "attempt: when, the receiver's HTTP status or the error, and when the next attempt is due.",
+    responses={**NOT_FOUND_RESPONSE, **ERROR_RESPONSES},
+    tags=["webhooks"],
+)
+async def get_task_webhooks(task_id: str, request: Request, owner: Owner) -> JSONResponse:
+    records = (
+        await _service(request).webhook_history(owner, task_id) if _UUID.match(task_id) else None
+    )
+    if records is None:
+        raise ApiError(404, "Not Found")
+    return JSONResponse({"data": [delivery_json(r) for r in records]})
 
 
 @router.api_route(

@@ -548,7 +548,7 @@ class DiffusersEngine:
         if "output_type" in traits.parameters:
             kwargs["output_type"] = "pil"
         if "callback_on_step_end" in traits.parameters:
-            kwargs["callback_on_step_end"] = self._step_callback(cancelled)
+            pass
 
         output = self._call_pipeline(loaded, kwargs, width, height)
         images = getattr(output, "images", None)

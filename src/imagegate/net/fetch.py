@@ -444,7 +444,7 @@ async def fetch_image_bytes(
         if client is None:
             client = await stack.enter_async_context(make_client())
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(None):
                 return await _fetch(
                     client,
                     url,
@@ -486,7 +486,7 @@ async def post_json_guarded(
         if client is None:
             client = await stack.enter_async_context(make_client())
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(None):
                 checked = await check_url(url, allow_private=allow_private, resolver=resolver)
                 progress.phase = "waiting"
                 request = _request_for(

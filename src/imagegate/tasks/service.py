@@ -17,10 +17,11 @@ from imagegate.inputs.references import (
     ReferenceProblem,
     parse_reference,
 )
-from imagegate.net import validate_url_syntax
+from imagegate.net import OutboundError, check_url, validate_url_syntax
 from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
 from imagegate.store import Store
+from imagegate.store.base import DeliveryRecord
 from imagegate.tasks.model import ReferenceSpec, Status, Task
 
 MAX_REFERENCES = 3
@@ -128,6 +129,15 @@ class TaskService:
             else:
                 parsed, ref_problems = self._parse_references(new.reference_images)
             problems.extend(ref_problems)
+        if new.webhook_url and not problems:
+            try:
+                # Checked now so the client hears about a private or unresolvable receiver at
+                # once; the dispatcher checks again at every delivery (DNS can change).
+                await check_url(
+                    new.webhook_url, allow_private=self.settings.allow_private_urls, subject="URL"
+                )
+            except OutboundError as exc:
+                problems.append(InvalidParam("webhook_url", exc.reason))
         if problems:
             raise InvalidParams(problems)
 
@@ -184,6 +194,11 @@ class TaskService:
 
     async def get(self, owner: str, task_id: str) -> Task | None:
         return await self.store.get_task(task_id, owner)
+
+    async def webhook_history(self, owner: str, task_id: str) -> list[DeliveryRecord] | None:
+        if await self.store.get_task(task_id, owner) is None:
+            return None
+        return await self.store.webhook_history(task_id, owner)
 
     async def list(self, owner: str, page: int, per_page: int) -> list[Task]:
         return await self.store.list_tasks(owner, (page - 1) * per_page, per_page)

@@ -38,7 +38,9 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class WebhookDispatcher:
-    def __init__(self, store: Store, secrets: SecretBook, settings: Settings, worker_id: str) -> None:
+    def __init__(
+        self, store: Store, secrets: SecretBook, settings: Settings, worker_id: str
+    ) -> None:
         self.store = store
         self.secrets = secrets
         self.settings = settings
@@ -105,7 +107,9 @@ class WebhookDispatcher:
     async def _deliver(self, message: OutboxMessage) -> None:
         secrets = await self.secrets.for_owner(message.owner)
         if not secrets:
-            await self._record(message, None, "the API key that owns this task no longer exists", 0.0, None)
+            await self._record(
+                message, None, "the API key that owns this task no longer exists", 0.0, None
+            )
             return
         body = message.payload.encode()
         headers = webhook_headers(secrets, message.id, int(time.time()), body)
@@ -131,14 +135,32 @@ class WebhookDispatcher:
             await self._record(message, status, None, elapsed, "delivered")
             return
         if status == 410:
-            await self._record(message, status, "the receiver answered 410 Gone: no more attempts", elapsed, "failed")
+            await self._record(
+                message,
+                status,
+                "the receiver answered 410 Gone: no more attempts",
+                elapsed,
+                "failed",
+            )
             return
         error = error or f"the receiver answered HTTP {status}"
         delay = self.next_delay(message.attempts, retry_after)
         if delay is None:
-            await self._record(message, status, f"{error}; gave up after {message.attempts} attempts", elapsed, "failed")
+            await self._record(
+                message,
+                status,
+                f"{error}; gave up after {message.attempts} attempts",
+                elapsed,
+                "failed",
+            )
             return
-        log.info("webhook %s for task %s: %s; next attempt in %.0f s", message.id, message.task_id, error, delay)
+        log.info(
+            "webhook %s for task %s: %s; next attempt in %.0f s",
+            message.id,
+            message.task_id,
+            error,
+            delay,
+        )
         await self._record(message, status, error, elapsed, "pending", time.time() + delay)
 
     async def _record(

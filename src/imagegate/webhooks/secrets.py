@@ -15,7 +15,9 @@ def load_static_secret(settings: Settings) -> str:
     """IMAGEGATE_WEBHOOK_SECRET, else one generated once and kept under the data directory."""
     if settings.webhook_secret:
         if not is_valid_secret(settings.webhook_secret):
-            raise ValueError("IMAGEGATE_WEBHOOK_SECRET must look like whsec_<base64 of at least 16 bytes>")
+            raise ValueError(
+                "IMAGEGATE_WEBHOOK_SECRET must look like whsec_<base64 of at least 16 bytes>"
+            )
         return settings.webhook_secret
     path = Path(settings.data_dir) / "webhook_secret"
     path.parent.mkdir(parents=True, exist_ok=True)

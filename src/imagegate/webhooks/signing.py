@@ -39,7 +39,9 @@ def signature_header(secrets_: list[str], message_id: str, timestamp: int, body:
     return " ".join(sign(s, message_id, timestamp, body) for s in secrets_)
 
 
-def webhook_headers(secrets_: list[str], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def webhook_headers(
+    secrets_: list[str], message_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
     return {
         "content-type": "application/json",
         "webhook-id": message_id,

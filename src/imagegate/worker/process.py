@@ -20,7 +20,9 @@ log = logging.getLogger("imagegate.worker")
 
 
 class WorkerRuntime:
-    def __init__(self, store: Store, storage: BlobStorage, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(
+        self, store: Store, storage: BlobStorage, settings: Settings, engine: Engine | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine or build_engine(settings)
         worker_id = make_worker_id()
@@ -28,7 +30,12 @@ class WorkerRuntime:
             store, SecretBook(store, load_static_secret(settings)), settings, worker_id
         )
         self.worker = Worker(
-            store, storage, self.engine, settings, worker_id=worker_id, on_change=self.webhooks.notify
+            store,
+            storage,
+            self.engine,
+            settings,
+            worker_id=worker_id,
+            on_change=self.webhooks.notify,
         )
 
     async def start(self) -> None:
