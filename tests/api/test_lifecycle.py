@@ -145,3 +145,16 @@ def test_every_response_has_a_request_id(alice: Api) -> None:
     assert alice.http.get("/v1/ai/gemini-2-5-flash-image-preview/" + str(uuid.uuid4())).headers[
         "x-request-id"
     ]
+
+
+def test_prefer_wait_answers_with_the_finished_task(alice: Api) -> None:
+    response = alice.http.post(
+        "/v1/ai/gemini-2-5-flash-image-preview",
+        json={"prompt": "wait for me"},
+        headers={"Prefer": "wait=20"},
+    )
+    assert response.status_code == 200
+    assert response.headers["preference-applied"] == "wait=20"
+    data = response.json()["data"]
+    assert data["status"] == "COMPLETED"
+    assert len(data["generated"]) == 1

@@ -18,6 +18,7 @@ from imagegate.settings import Settings
 from imagegate.storage import open_storage
 from imagegate.store import open_store
 from imagegate.tasks.keys import KeyRing, create_key
+from imagegate.tasks.events import TaskEvents
 from imagegate.tasks.presenter import TaskPresenter
 from imagegate.tasks.service import TaskService
 from imagegate.worker.process import WorkerRuntime
@@ -51,9 +52,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
                 f"Webhooks of this key are signed with {created.webhook_secret}\n",
                 flush=True,
             )
+        events = TaskEvents()
         runtime: WorkerRuntime | None = None
         if run_worker:
-            runtime = WorkerRuntime(store, storage, settings)
+            runtime = WorkerRuntime(store, storage, settings, events=events)
         else:
             log.info("API only (--no-worker): tasks are run by `imagegate worker` processes")
         app.state.settings = settings
@@ -63,7 +65,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         app.state.keyring = keyring
         app.state.runtime = runtime
         app.state.tasks = TaskService(
-            store, storage, settings, on_created=runtime.notify if runtime else lambda: None
+            store,
+            storage,
+            settings,
+            on_created=runtime.notify if runtime else lambda: None,
+            events=events,
         )
         if runtime:
             await runtime.start()

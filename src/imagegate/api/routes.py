@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from imagegate.api.auth import require_owner
 from imagegate.api.errors import ApiError
@@ -21,10 +24,13 @@ from imagegate.api.schemas import (
 from imagegate.storage import content_type_for
 from imagegate.store.base import DeliveryRecord
 from imagegate.tasks.presenter import FILES_PATH
+from imagegate.tasks.model import Task
 from imagegate.tasks.service import InvalidParam, InvalidParams, NewTask, TaskService
 
 ENDPOINT = "/v1/ai/gemini-2-5-flash-image-preview"
 MAX_PER_PAGE = 100
+SSE_KEEPALIVE_SECONDS = 15.0
+SSE_MAX_SECONDS = 3600.0
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _OUTPUT_KEY = re.compile(r"^outputs/[0-9a-f-]{36}/[A-Za-z0-9_-]{8,64}-\d{1,3}\.(png|jpg|webp|gif)$")
 
@@ -66,10 +72,31 @@ async def create_task(body: CreateTaskRequest, request: Request, owner: Owner) -
         extras=extras,
     )
     service = _service(request)
+    wait = _prefer_wait(request.headers.get("prefer"))
     task = await service.create(
         owner, new, base_url=_base_url(request), request_id=request.scope["state"].get("request_id")
     )
-    return JSONResponse({"data": request.app.state.presenter(task)})
+    headers = {}
+    if wait:
+        # Like Replicate's `Prefer: wait=N`: hold the answer until the task finishes or N
+        # seconds pass, then answer with the task as it stands.
+        task = await service.wait(owner, task.id, wait) or task
+        headers["preference-applied"] = f"wait={wait:g}"
+    return JSONResponse({"data": request.app.state.presenter(task)}, headers=headers)
+
+
+MAX_PREFER_WAIT = 60.0
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait(?:=(\d+(?:\.\d+)?))?(?:$|[;,\s])")
+
+
+def _prefer_wait(header: str | None) -> float:
+    """Seconds asked for by `Prefer: wait=N` (plain `wait` means the maximum), else 0."""
+    if not header:
+        return 0.0
+    match = _PREFER_WAIT.search(header)
+    if not match:
+        return 0.0
+    return min(MAX_PREFER_WAIT, float(match.group(1))) if match.group(1) else MAX_PREFER_WAIT
 
 
 def delivery_json(record: DeliveryRecord) -> dict[str, Any]:
@@ -148,6 +175,57 @@ async def get_task(task_id: str, request: Request, owner: Owner) -> JSONResponse
         # Someone else's task is as absent as a task that never existed.
         raise ApiError(404, "Not Found")
     return JSONResponse({"data": request.app.state.presenter(task)})
+
+
+@router.get(
+    ENDPOINT + "/{task_id}/events",
+    summary="Extension: live status as server-sent events",
+    description="A `text/event-stream` with one `status` event carrying the task object now and "
+    "at every status change, until the task is COMPLETED or FAILED. A comment line is sent every "
+    "15 s as a keep-alive.",
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **NOT_FOUND_RESPONSE,
+        **ERROR_RESPONSES,
+    },
+    tags=["gemini-2-5-flash-image-preview"],
+)
+async def task_events(task_id: str, request: Request, owner: Owner) -> StreamingResponse:
+    service = _service(request)
+    if not _UUID.match(task_id) or await service.get(owner, task_id) is None:
+        raise ApiError(404, "Not Found")
+    present = request.app.state.presenter
+
+    async def stream() -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[Task | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for task in service.watch(owner, task_id, timeout=SSE_MAX_SECONDS):
+                    await queue.put(task)
+            finally:
+                await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(SSE_KEEPALIVE_SECONDS):
+                        task = await queue.get()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if task is None:
+                    return
+                yield b"event: status\ndata: " + json.dumps(present(task)).encode() + b"\n\n"
+        finally:
+            producer.cancel()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
 
 
 @router.get(

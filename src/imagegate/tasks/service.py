@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
 from imagegate.store import Store
 from imagegate.store.base import DeliveryRecord
+from imagegate.tasks.events import TaskEvents
 from imagegate.tasks.model import ReferenceSpec, Status, Task
 
 MAX_REFERENCES = 3
@@ -66,7 +68,9 @@ class TaskService:
         storage: BlobStorage,
         settings: Settings,
         on_created: Callable[[], None] = lambda: None,
+        events: TaskEvents | None = None,
     ) -> None:
+        self.events = events or TaskEvents()
         self.store = store
         self.storage = storage
         self.settings = settings
@@ -194,6 +198,43 @@ class TaskService:
 
     async def get(self, owner: str, task_id: str) -> Task | None:
         return await self.store.get_task(task_id, owner)
+
+    async def watch(
+        self, owner: str, task_id: str, *, timeout: float, poll_interval: float = 0.5
+    ) -> AsyncIterator[Task]:
+        """Yield the task now and again at every status change, until it finishes or
+        `timeout` passes. Wakes on in-process events; polls the store as a fallback for
+        changes made by other processes."""
+        deadline = time.monotonic() + timeout
+        last: Status | None = None
+        with self.events.subscribe(task_id) as changed:
+            while True:
+                changed.clear()
+                task = await self.store.get_task(task_id, owner)
+                if task is None:
+                    return
+                if task.status is not last:
+                    last = task.status
+                    yield task
+                if task.status.finished:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(poll_interval, remaining)):
+                        await changed.wait()
+
+    async def wait(self, owner: str, task_id: str, timeout: float) -> Task | None:
+        """The task once finished, or as it stands after `timeout` seconds."""
+        latest: Task | None = None
+        async for task in self.watch(owner, task_id, timeout=timeout):
+            latest = task
+        return (
+            latest
+            if latest is None or latest.status.finished
+            else await self.store.get_task(task_id, owner)
+        )
 
     async def webhook_history(self, owner: str, task_id: str) -> list[DeliveryRecord] | None:
         if await self.store.get_task(task_id, owner) is None:

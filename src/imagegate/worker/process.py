@@ -12,6 +12,7 @@ from imagegate.engines import Engine, build_engine
 from imagegate.settings import Settings
 from imagegate.storage import BlobStorage
 from imagegate.store import Store
+from imagegate.tasks.events import TaskEvents
 from imagegate.webhooks.dispatcher import WebhookDispatcher
 from imagegate.webhooks.secrets import SecretBook, load_static_secret
 from imagegate.worker.runner import Worker, make_worker_id
@@ -21,22 +22,28 @@ log = logging.getLogger("imagegate.worker")
 
 class WorkerRuntime:
     def __init__(
-        self, store: Store, storage: BlobStorage, settings: Settings, engine: Engine | None = None
+        self,
+        store: Store,
+        storage: BlobStorage,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        events: TaskEvents | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine or build_engine(settings)
+        self.events = events or TaskEvents()
         worker_id = make_worker_id()
         self.webhooks = WebhookDispatcher(
             store, SecretBook(store, load_static_secret(settings)), settings, worker_id
         )
         self.worker = Worker(
-            store,
-            storage,
-            self.engine,
-            settings,
-            worker_id=worker_id,
-            on_change=self.webhooks.notify,
+            store, storage, self.engine, settings, worker_id=worker_id, on_change=self._changed
         )
+
+    def _changed(self, task_id: str) -> None:
+        self.webhooks.notify()
+        self.events.publish(task_id)
 
     async def start(self) -> None:
         await self.engine.start()

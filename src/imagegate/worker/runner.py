@@ -46,7 +46,7 @@ class Worker:
         settings: Settings,
         *,
         worker_id: str | None = None,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[str], None] = lambda _task_id: None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -97,7 +97,7 @@ class Worker:
                     task = await self.store.claim_task(self.worker_id, self.settings.lease_seconds)
                     if task is None:
                         break
-                    self.on_change()
+                    self.on_change(task.id)
                     runner = asyncio.create_task(self._run(task), name=f"task-{task.id}")
                     self._running[task.id] = runner
                     runner.add_done_callback(functools.partial(self._finished, task.id))
@@ -192,7 +192,7 @@ class Worker:
             model=result.model,
             text=result.text,
         )
-        self.on_change()
+        self.on_change(task.id)
         elapsed = time.monotonic() - started
         if completed:
             log.info(
@@ -223,7 +223,7 @@ class Worker:
     async def _fail(self, task: Task, reason: str) -> None:
         log.info("task %s failed: %s", task.id, reason)
         await self.store.fail_task(task.id, self.worker_id, reason)
-        self.on_change()
+        self.on_change(task.id)
 
     async def _retry(self, task: Task, reason: str, retry_after: float | None) -> None:
         if task.attempts >= self.settings.max_attempts:
