@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from tests.support.fileserver import FileServer
+from tests.support.postgres import PostgresUnavailable, create_database, drop_database
 from tests.support.server import ServerProcess, wait_until
 
 KEY_A = "ig_test_key_alice_0123456789"
@@ -21,14 +22,25 @@ def file_server() -> Iterator[FileServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real server for the black-box tests that don't restart it."""
-    data_dir = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(data_dir, {"IMAGEGATE_API_KEYS": f"{KEY_A},{KEY_B},{KEY_PAGES}"})
+@pytest.fixture(scope="session", params=["embedded", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real server for the black-box tests that don't restart it; the whole suite runs
+    against the embedded default and against PostgreSQL (skipped where none is reachable)."""
+    data_dir = tmp_path_factory.mktemp(f"server-{request.param}")
+    env = {"IMAGEGATE_API_KEYS": f"{KEY_A},{KEY_B},{KEY_PAGES}"}
+    database_url = None
+    if request.param == "postgres":
+        try:
+            database_url = create_database()
+        except PostgresUnavailable as exc:
+            pytest.skip(str(exc))
+        env["IMAGEGATE_DATABASE_URL"] = database_url
+    proc = ServerProcess(data_dir, env)
     proc.start()
     yield proc
     proc.stop()
+    if database_url:
+        drop_database(database_url)
 
 
 class Api:

@@ -142,6 +142,7 @@ async def _worker_main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    await store.listen(runtime.on_store_event)
     await stop.wait()
     log.info("stopping: no new tasks; draining for up to %.0f s", settings.shutdown_grace_seconds)
     await runtime.stop()

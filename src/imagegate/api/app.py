@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         )
         if runtime:
             await runtime.start()
+            await store.listen(runtime.on_store_event)
+        else:
+            await store.listen(lambda kind, task_id: events.publish(task_id) if task_id else None)
         try:
             yield
         finally:

@@ -110,15 +110,7 @@ def inspect_pipeline(pipeline: Any) -> PipelineTraits:
             f"use a text-to-image or image-editing pipeline such as {DEFAULT_MODEL}."
         )
     image_parameter = signature.parameters.get("image")
-    references: ReferenceMode
-    if image_parameter is None:
-        references = "none"
-    elif class_name in _MULTI_REFERENCE_PIPELINES or _annotation_lists_images(
-        _resolved_annotation(pipeline.__call__, image_parameter)
-    ):
-        references = "many"
-    else:
-        references = "one"
+    references = reference_mode(type(pipeline))
     needs_reference = image_parameter is not None and (
         image_parameter.default is inspect.Parameter.empty
         or bool(_EDIT_ONLY_NAME.search(class_name))
@@ -134,6 +126,19 @@ def inspect_pipeline(pipeline: Any) -> PipelineTraits:
         side=_native_side(pipeline),
         multiple=_size_multiple(pipeline),
     )
+
+
+def reference_mode(pipeline_class: type) -> ReferenceMode:
+    """How a pipeline class takes reference images, read from its `__call__` signature."""
+    call = pipeline_class.__call__
+    image_parameter = inspect.signature(call).parameters.get("image")
+    if image_parameter is None:
+        return "none"
+    if pipeline_class.__name__ in _MULTI_REFERENCE_PIPELINES:
+        return "many"
+    if _annotation_lists_images(_resolved_annotation(call, image_parameter)):
+        return "many"
+    return "one"
 
 
 def _family_steps_and_guidance(pipeline: Any, class_name: str) -> tuple[int | None, float | None]:
@@ -548,7 +553,7 @@ class DiffusersEngine:
         if "output_type" in traits.parameters:
             kwargs["output_type"] = "pil"
         if "callback_on_step_end" in traits.parameters:
-            pass
+            kwargs["callback_on_step_end"] = self._step_callback(cancelled)
 
         output = self._call_pipeline(loaded, kwargs, width, height)
         images = getattr(output, "images", None)

@@ -444,7 +444,7 @@ async def fetch_image_bytes(
         if client is None:
             client = await stack.enter_async_context(make_client())
         try:
-            async with asyncio.timeout(None):
+            async with asyncio.timeout(timeout):
                 return await _fetch(
                     client,
                     url,
@@ -482,11 +482,12 @@ async def post_json_guarded(
     started = time.perf_counter()
     request_headers = httpx.Headers({"Content-Type": "application/json"})
     request_headers.update(headers)
+    response: httpx.Response | None = None
     async with AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(make_client())
         try:
-            async with asyncio.timeout(None):
+            async with asyncio.timeout(timeout):
                 checked = await check_url(url, allow_private=allow_private, resolver=resolver)
                 progress.phase = "waiting"
                 request = _request_for(
@@ -494,20 +495,28 @@ async def post_json_guarded(
                 )
                 response = await client.send(request, stream=True)
                 try:
-                    progress.phase = "downloading"
-                    received = 0
-                    async for chunk in response.aiter_raw():
-                        received += len(chunk)
-                        if received > _MAX_DISCARDED_BODY:
-                            break
+                    await _discard_body(response)
                 finally:
                     await response.aclose()
-        except TimeoutError as exc:
-            raise OutboundError(_timeout_reason(progress, timeout)) from exc
-        except httpx.HTTPError as exc:
-            raise OutboundError(_transport_reason(exc, progress, timeout)) from exc
+        except (TimeoutError, httpx.HTTPError) as exc:
+            # Once the status line and headers are in, the receiver has answered; a body that
+            # is slow or cut short does not change that answer.
+            if response is None:
+                if isinstance(exc, httpx.HTTPError):
+                    raise OutboundError(_transport_reason(exc, progress, timeout)) from exc
+                raise OutboundError(_timeout_reason(progress, timeout)) from exc
     return PostResult(
         status_code=response.status_code,
         headers=dict(response.headers),
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+async def _discard_body(response: httpx.Response) -> None:
+    """Read a small answer to its end so the connection can go back to the pool; a large
+    one is abandoned (closing the response then closes the connection)."""
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > _MAX_DISCARDED_BODY:
+            return

@@ -7,12 +7,16 @@ from urllib.parse import unquote, urlparse
 
 from imagegate.storage.base import BlobStorage, content_type_for, extension_for
 from imagegate.storage.local import LocalStorage
+from imagegate.storage.s3 import S3Storage
 
 
-def open_storage(url: str) -> BlobStorage:
+def open_storage(url: str, *, presign: bool = False, presign_seconds: int = 3600) -> BlobStorage:
+    """`presign` and `presign_seconds` apply to s3:// only: local blobs are served by the API."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        return S3Storage.from_url(url, presign=presign, presign_seconds=presign_seconds)
     if not parsed.scheme:
         return LocalStorage(Path(url))
     raise ValueError(
@@ -20,4 +24,11 @@ def open_storage(url: str) -> BlobStorage:
     )
 
 
-__all__ = ["BlobStorage", "LocalStorage", "content_type_for", "extension_for", "open_storage"]
+__all__ = [
+    "BlobStorage",
+    "LocalStorage",
+    "S3Storage",
+    "content_type_for",
+    "extension_for",
+    "open_storage",
+]

@@ -11,6 +11,8 @@ from imagegate.tasks.model import ApiKey, GeneratedImage, Task
 # Renders a task the way clients see it (the GET body without the `data` wrapper);
 # the store calls it to write webhook messages in the same transaction as a status change.
 Presenter = Callable[[Task], dict[str, Any]]
+# Called with ("created", None), ("changed", task_id) or ("webhook", None).
+StoreEventHandler = Callable[[str, str | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class Store(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
+    async def listen(self, handler: StoreEventHandler) -> None: ...
 
     # --- keys ---------------------------------------------------------------
     async def create_key(

@@ -7,22 +7,33 @@ change that a webhook announces writes its outbox row in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, case, delete, event, func, insert, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
 
-from imagegate.store.base import DeliveryRecord, OutboxMessage, Presenter, QueueStats
+from imagegate.store.base import (
+    DeliveryRecord,
+    OutboxMessage,
+    Presenter,
+    QueueStats,
+    StoreEventHandler,
+)
 from imagegate.store.migrate import upgrade_to_head
 from imagegate.store.schema import api_keys, tasks, webhook_attempts, webhook_outbox
 from imagegate.tasks.model import ApiKey, GeneratedImage, ReferenceSpec, Status, Task
 
+log = logging.getLogger("imagegate.store")
+NOTIFY_CHANNEL = "imagegate"
 LEASE_EXPIRED = "the worker running the previous attempt stopped responding (its lease expired)"
 
 
@@ -83,6 +94,7 @@ class SqlStore:
         self.presenter = presenter
         self.is_sqlite = self.url.startswith("sqlite")
         self._engine: AsyncEngine | None = None
+        self._listener: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -107,7 +119,54 @@ class SqlStore:
         async with engine.begin() as conn:
             await conn.run_sync(upgrade_to_head)
 
+    async def listen(self, handler: StoreEventHandler) -> None:
+        """Call `handler(kind, task_id)` for changes made by any process: "created",
+        "changed" (with the task id) and "webhook". PostgreSQL only; SQLite deployments are
+        one process, which hears its own changes directly."""
+        if self.is_sqlite or self._listener is not None:
+            return
+        self._listener = asyncio.create_task(self._listen_forever(handler), name="imagegate-listen")
+
+    async def _listen_forever(self, handler: StoreEventHandler) -> None:
+        import asyncpg
+
+        dsn = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        settings = {"search_path": self.search_path} if self.search_path else None
+        delay = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(dsn, server_settings=settings)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+
+                def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                    kind, _, task_id = payload.partition(":")
+                    handler(kind, task_id or None)
+
+                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+                delay = 0.5
+                # Anything created while we were not listening is picked up now.
+                handler("created", None)
+                handler("webhook", None)
+                await lost.wait()
+                log.warning("lost the PostgreSQL notification connection; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("PostgreSQL notifications unavailable (%s); retrying in %.1f s", exc, delay)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close(timeout=2)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -226,6 +285,7 @@ class SqlStore:
                     available_at=task.created_at,
                 )
             )
+            await self._notify(conn, "created")
 
     async def get_task(self, task_id: str, owner: str | None = None) -> Task | None:
         query = select(tasks).where(tasks.c.id == task_id)
@@ -297,7 +357,7 @@ class SqlStore:
                 return None
             task = _task_from_row(row)
             if task.attempts == 1:  # first claim: CREATED -> IN_PROGRESS
-                await self._announce(conn, task)
+                await self._status_changed(conn, task)
         return task
 
     async def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
@@ -367,7 +427,7 @@ class SqlStore:
             row = (await conn.execute(stmt)).first()
             if row is None:
                 return False
-            await self._announce(conn, _task_from_row(row))
+            await self._status_changed(conn, _task_from_row(row))
         return True
 
     async def retry_task(self, task_id: str, worker_id: str, error: str, delay: float) -> bool:
@@ -415,9 +475,16 @@ class SqlStore:
         return [_task_from_row(r) for r in rows]
 
     # --- webhook outbox ---------------------------------------------------------------
-    async def _announce(self, conn: AsyncConnection, task: Task) -> None:
+    async def _notify(self, conn: AsyncConnection, payload: str) -> None:
+        """Tell other processes (PostgreSQL LISTEN/NOTIFY), delivered when the transaction commits."""
+        if not self.is_sqlite:
+            await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
+
+    async def _status_changed(self, conn: AsyncConnection, task: Task) -> None:
+        await self._notify(conn, f"changed:{task.id}")
         if not task.webhook_url:
             return
+        await self._notify(conn, "webhook")
         now = time.time()
         await conn.execute(
             insert(webhook_outbox).values(

@@ -59,6 +59,15 @@ class WorkerRuntime:
     def notify(self) -> None:
         self.worker.notify()
 
+    def on_store_event(self, kind: str, task_id: str | None) -> None:
+        """A change made by another process (PostgreSQL notifications)."""
+        if kind == "created":
+            self.worker.notify()
+        elif kind == "webhook":
+            self.webhooks.notify()
+        elif kind == "changed" and task_id:
+            self.events.publish(task_id)
+
     async def stop(self) -> None:
         grace = self.settings.shutdown_grace_seconds
         await self.worker.stop(grace=grace)
