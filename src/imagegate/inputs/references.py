@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from imagegate.engines.base import InputImage
 from imagegate.inputs.images import ImageProblem, inspect_image
-from imagegate.net import OutboundError, fetch_image_bytes, validate_url_syntax
+from imagegate.net import (
+    GuardedClient,
+    OutboundError,
+    fetch_image_bytes,
+    redact_url,
+    validate_url_syntax,
+)
 from imagegate.storage import BlobStorage
 from imagegate.tasks.model import ReferenceSpec
 
@@ -121,6 +127,7 @@ async def load_reference(
     max_pixels: int,
     fetch_timeout: float,
     allow_private: bool,
+    client: GuardedClient | None = None,
 ) -> InputImage:
     """Bring one reference of a task into memory, checked, for an engine."""
     field = field_name(index)
@@ -133,10 +140,16 @@ async def load_reference(
     else:
         try:
             fetched = await fetch_image_bytes(
-                spec.value, max_bytes=max_bytes, timeout=fetch_timeout, allow_private=allow_private
+                spec.value,
+                max_bytes=max_bytes,
+                timeout=fetch_timeout,
+                allow_private=allow_private,
+                client=client,
             )
         except OutboundError as exc:
-            raise ReferenceProblem(field, f"could not fetch {spec.value}: {exc.reason}") from None
+            raise ReferenceProblem(
+                field, f"could not fetch {redact_url(spec.value)}: {exc.reason}"
+            ) from None
         data = fetched.data
     try:
         info = await asyncio.to_thread(inspect_image, data, max_pixels=max_pixels)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 # SQLite only makes INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL wants BIGINT.
@@ -63,6 +64,13 @@ tasks = Table(
     Column("available_at", Float, nullable=True),
     Index("ix_tasks_owner_seq", "owner", "seq"),
     Index("ix_tasks_available_at", "available_at"),
+    # Running tasks only (few rows): finds expired leases without scanning the backlog.
+    Index(
+        "ix_tasks_leased_available_at",
+        "available_at",
+        postgresql_where=text("lease_owner IS NOT NULL"),
+        sqlite_where=text("lease_owner IS NOT NULL"),
+    ),
 )
 
 # One row per webhook message: written in the same transaction as the status change it

@@ -154,7 +154,9 @@ class SqlStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("PostgreSQL notifications unavailable (%s); retrying in %.1f s", exc, delay)
+                log.warning(
+                    "PostgreSQL notifications unavailable (%s); retrying in %.1f s", exc, delay
+                )
             finally:
                 if conn is not None and not conn.is_closed():
                     await conn.close(timeout=2)
@@ -327,10 +329,22 @@ class SqlStore:
 
     # --- tasks: worker side ---------------------------------------------------------
     async def claim_task(self, worker_id: str, lease_seconds: float) -> Task | None:
+        # Tasks whose worker died go first: they were already IN_PROGRESS and have waited
+        # longest, and a backlog of new tasks must not keep them stranded on a dead lease.
+        for expired_lease in (True, False):
+            task = await self._claim(worker_id, lease_seconds, expired_lease=expired_lease)
+            if task is not None:
+                return task
+        return None
+
+    async def _claim(
+        self, worker_id: str, lease_seconds: float, *, expired_lease: bool
+    ) -> Task | None:
         now = time.time()
+        held = tasks.c.lease_owner.is_not(None) if expired_lease else tasks.c.lease_owner.is_(None)
         candidate = (
             select(tasks.c.seq)
-            .where(tasks.c.available_at <= now)
+            .where(tasks.c.available_at <= now, held)
             .order_by(tasks.c.available_at)
             .limit(1)
             .with_for_update(skip_locked=True)

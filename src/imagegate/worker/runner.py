@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from imagegate.engines.base import Engine, EngineError, EngineRequest, EngineResult
 from imagegate.inputs.references import ReferenceProblem, load_reference
+from imagegate.net import make_client
 from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
 from imagegate.store import Store
@@ -60,6 +61,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        # One pooled client for reference-image fetches of every task this worker runs.
+        self.http = make_client()
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -83,6 +86,7 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        await self.http.aclose()
 
     @property
     def running(self) -> int:
@@ -150,6 +154,7 @@ class Worker:
                         max_pixels=self.settings.max_image_pixels,
                         fetch_timeout=self.settings.fetch_timeout_seconds,
                         allow_private=self.settings.allow_private_urls,
+                        client=self.http,
                     )
                     for index, spec in enumerate(task.references)
                 ]

@@ -56,6 +56,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_tasks_owner_seq", "tasks", ["owner", "seq"])
     op.create_index("ix_tasks_available_at", "tasks", ["available_at"])
+    op.create_index(
+        "ix_tasks_leased_available_at",
+        "tasks",
+        ["available_at"],
+        postgresql_where=sa.text("lease_owner IS NOT NULL"),
+        sqlite_where=sa.text("lease_owner IS NOT NULL"),
+    )
     op.create_table(
         "webhook_outbox",
         sa.Column("seq", SEQ, primary_key=True, autoincrement=True),
