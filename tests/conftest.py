@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+
+# Nothing may reach a model hub from the tests (set before anything imports huggingface_hub).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +13,7 @@ import pytest
 
 from tests.support.fileserver import FileServer
 from tests.support.postgres import PostgresUnavailable, create_database, drop_database
+from tests.support.s3 import MotoS3, moto_missing
 from tests.support.server import ServerProcess, wait_until
 
 KEY_A = "ig_test_key_alice_0123456789"
@@ -22,19 +28,32 @@ def file_server() -> Iterator[FileServer]:
         yield server
 
 
-@pytest.fixture(scope="session", params=["embedded", "postgres"])
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """One moto S3 server on 127.0.0.1 for the whole run, with a bucket; skips without moto."""
+    reason = moto_missing()
+    if reason:
+        pytest.skip(reason)
+    with MotoS3() as s3:
+        yield s3
+
+
+@pytest.fixture(scope="session", params=["embedded", "postgres+s3"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One real server for the black-box tests that don't restart it; the whole suite runs
-    against the embedded default and against PostgreSQL (skipped where none is reachable)."""
+    against the embedded default and against PostgreSQL + S3 (skipped where PostgreSQL or
+    moto is missing)."""
     data_dir = tmp_path_factory.mktemp(f"server-{request.param}")
     env = {"IMAGEGATE_API_KEYS": f"{KEY_A},{KEY_B},{KEY_PAGES}"}
     database_url = None
-    if request.param == "postgres":
+    if request.param == "postgres+s3":
+        s3: MotoS3 = request.getfixturevalue("moto_s3")
         try:
             database_url = create_database()
         except PostgresUnavailable as exc:
             pytest.skip(str(exc))
         env["IMAGEGATE_DATABASE_URL"] = database_url
+        env.update(s3.env(prefix=f"suite-{data_dir.name}"))
     proc = ServerProcess(data_dir, env)
     proc.start()
     yield proc

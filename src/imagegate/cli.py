@@ -16,6 +16,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from imagegate.cli_client import register as register_client_commands
 from imagegate.settings import Settings
 
 app = typer.Typer(
@@ -48,13 +49,13 @@ def _run(factory: Callable[[Settings], Coroutine[Any, Any, T]], settings: Settin
 
 
 async def _open_store(settings: Settings) -> Any:
-    from imagegate.storage import open_storage
+    from imagegate.storage import storage_from_settings
     from imagegate.store import open_store
     from imagegate.tasks.presenter import TaskPresenter
 
     store = open_store(
         settings.resolved_database_url,
-        TaskPresenter(open_storage(settings.resolved_storage_url), settings.public_url),
+        TaskPresenter(storage_from_settings(settings), settings.public_url),
     )
     await store.start()
     return store
@@ -127,13 +128,13 @@ def worker_command(
 
 
 async def _worker_main(settings: Settings) -> None:
-    from imagegate.storage import open_storage
+    from imagegate.storage import storage_from_settings
     from imagegate.store import open_store
     from imagegate.tasks.presenter import TaskPresenter
     from imagegate.worker.process import WorkerRuntime
 
     log = logging.getLogger("imagegate")
-    storage = open_storage(settings.resolved_storage_url)
+    storage = storage_from_settings(settings)
     store = open_store(settings.resolved_database_url, TaskPresenter(storage, settings.public_url))
     await store.start()
     runtime = WorkerRuntime(store, storage, settings)
@@ -311,6 +312,9 @@ def settings_command() -> None:
     from imagegate.settings_doc import settings_table
 
     print(settings_table(), end="")
+
+
+register_client_commands(app)
 
 
 def main() -> None:

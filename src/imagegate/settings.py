@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         None,
         description="Blob storage. Default: local directory DATA_DIR/blobs (file:///path also works).",
     )
+    storage_presign: bool = Field(
+        False,
+        description="With s3:// storage, put presigned S3 URLs in `generated` instead of URLs served by the API "
+        "(see docs/storage.md).",
+    )
+    storage_presign_seconds: int = Field(3600, description="How long presigned S3 URLs stay valid.")
     public_url: str | None = Field(
         None,
         description="Base URL put in front of image URLs in `generated` (e.g. https://img.example.com). "
@@ -60,6 +66,25 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000,
         description="Largest reference image, in pixels (width x height); larger is refused before decoding.",
+    )
+
+    rate_limit_per_minute: int = Field(
+        600,
+        description="Requests per minute per API key (per client address without a key), as a token bucket; 0 turns it off.",
+    )
+    max_unfinished_tasks_per_key: int = Field(
+        1000, description="Tasks one key may have CREATED or IN_PROGRESS at once; more is a 429."
+    )
+    max_queue_depth: int = Field(
+        50_000, description="Tasks waiting in the whole queue before new ones are refused with 503."
+    )
+    retention_days: float = Field(
+        7.0,
+        description="Finished tasks and their images are deleted after this many days; 0 keeps them forever.",
+    )
+    idempotency_hours: float = Field(24.0, description="How long an Idempotency-Key is remembered.")
+    retention_sweep_seconds: float = Field(
+        600.0, description="How often workers look for tasks past retention."
     )
 
     # --- engines -------------------------------------------------------------

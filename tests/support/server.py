@@ -63,6 +63,8 @@ class ServerProcess:
             {
                 "IMAGEGATE_DATA_DIR": str(self.data_dir),
                 "IMAGEGATE_ALLOW_PRIVATE_URLS": "true",
+                # Tests poll fast; the rate limit has tests of its own.
+                "IMAGEGATE_RATE_LIMIT_PER_MINUTE": "1000000",
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -21,7 +21,13 @@ from diffusers import (
 )
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 CHATML_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -178,7 +184,7 @@ def stable_diffusion_components(seed: int = 0) -> dict[str, Any]:
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": byte_level_tokenizer(model_max_length=77),
-        "scheduler": DDIMScheduler(),
+        "scheduler": DDIMScheduler(steps_offset=1, clip_sample=False),
         "safety_checker": None,
         "feature_extractor": None,
         "requires_safety_checker": False,

@@ -11,16 +11,19 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from imagegate import __version__
-from imagegate.api.errors import SERVICE_UNAVAILABLE, install_error_handlers
+from imagegate.api.errors import install_error_handlers
 from imagegate.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from imagegate.api.openai import router as openai_router
+from imagegate.api.playground import router as playground_router
+from imagegate.api.ratelimit import RateLimitMiddleware
 from imagegate.api.routes import router
 from imagegate.settings import Settings
-from imagegate.storage import open_storage
+from imagegate.storage import storage_from_settings
 from imagegate.store import open_store
-from imagegate.tasks.keys import KeyRing, create_key
 from imagegate.tasks.events import TaskEvents
+from imagegate.tasks.keys import KeyRing, create_key
 from imagegate.tasks.presenter import TaskPresenter
-from imagegate.tasks.service import TaskService
+from imagegate.tasks.service import SERVICE_UNAVAILABLE, TaskService
 from imagegate.worker.process import WorkerRuntime
 
 log = logging.getLogger("imagegate")
@@ -37,7 +40,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Pillow's own bomb guard, matched to ours: refuse before decoding, never after.
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-        storage = open_storage(settings.resolved_storage_url)
+        storage = storage_from_settings(settings)
         presenter = TaskPresenter(storage, settings.public_url)
         store = open_store(settings.resolved_database_url, presenter)
         await store.start()
@@ -92,6 +95,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
+    app.include_router(playground_router)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -110,5 +115,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         return JSONResponse({"status": "ready"})
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit_per_minute > 0:
+        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
     app.add_middleware(RequestIdMiddleware)
     return app

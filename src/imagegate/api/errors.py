@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,12 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagegate.tasks.service import InvalidParam, InvalidParams
+from imagegate.tasks.service import SERVICE_UNAVAILABLE, InvalidParam, InvalidParams, Refusal
 
-log = logging.getLogger("imagegate.api")
 
 VALIDATION_MESSAGE = "Your request parameters didn't validate."
-SERVICE_UNAVAILABLE = "Service Unavailable. Please try again later."
 
 STATUS_MESSAGES = {
     400: "Bad Request",
@@ -114,6 +111,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_request: Request, exc: InvalidParams) -> JSONResponse:
         return invalid_params_response(exc.params)
 
+    @app.exception_handler(Refusal)
+    async def _refusal(_request: Request, exc: Refusal) -> JSONResponse:
+        headers = {"retry-after": str(exc.retry_after)} if exc.retry_after else None
+        return message_response(exc.status_code, exc.message, headers)
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return message_response(exc.status_code, exc.message, exc.headers)
@@ -125,15 +127,3 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and isinstance(exc.detail, str) and exc.detail != "Not Found":
             message = exc.detail
         return message_response(exc.status_code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.scope.get("state", {}).get("request_id", "-")
-        log.error(
-            "unhandled error in %s %s (request %s)",
-            request.method,
-            request.url.path,
-            request_id,
-            exc_info=exc,
-        )
-        return message_response(500, "Internal Server Error", {"x-request-id": request_id})

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger("imagegate.api")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class RequestIdMiddleware:
-    """Takes a sane incoming `x-request-id` or makes one; stores it in scope state; echoes it."""
+    """Takes a sane incoming `x-request-id` or makes one; stores it in scope state; echoes it.
+
+    Also the last line of defence: an unhandled exception is logged with the request id and
+    answered with the spec's JSON 500 here, without re-raising, so the server keeps the
+    client's connection open instead of resetting it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,15 +39,37 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 if not any(h[0] == b"x-request-id" for h in headers):
                     headers.append(header)
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
+            if started:
+                raise
+            body = b'{"message":"Internal Server Error"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        header,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
 
 
 class BodySizeLimitMiddleware:

@@ -23,8 +23,8 @@ from imagegate.api.schemas import (
 )
 from imagegate.storage import content_type_for
 from imagegate.store.base import DeliveryRecord
-from imagegate.tasks.presenter import FILES_PATH
 from imagegate.tasks.model import Task
+from imagegate.tasks.presenter import FILES_PATH
 from imagegate.tasks.service import InvalidParam, InvalidParams, NewTask, TaskService
 
 ENDPOINT = "/v1/ai/gemini-2-5-flash-image-preview"
@@ -74,7 +74,11 @@ async def create_task(body: CreateTaskRequest, request: Request, owner: Owner) -
     service = _service(request)
     wait = _prefer_wait(request.headers.get("prefer"))
     task = await service.create(
-        owner, new, base_url=_base_url(request), request_id=request.scope["state"].get("request_id")
+        owner,
+        new,
+        base_url=_base_url(request),
+        request_id=request.scope["state"].get("request_id"),
+        idempotency_key=_idempotency_key(request),
     )
     headers = {}
     if wait:
@@ -87,6 +91,16 @@ async def create_task(body: CreateTaskRequest, request: Request, owner: Owner) -
 
 MAX_PREFER_WAIT = 60.0
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait(?:=(\d+(?:\.\d+)?))?(?:$|[;,\s])")
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > 255:
+        raise InvalidParams([InvalidParam("Idempotency-Key", "must be 1 to 255 characters")])
+    return key
 
 
 def _prefer_wait(header: str | None) -> float:

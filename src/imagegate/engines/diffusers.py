@@ -229,18 +229,19 @@ def _native_side(pipeline: Any) -> int | None:
 
 
 def _size_multiple(pipeline: Any) -> int:
+    # The image processor's factor is what the pipeline itself rounds to (VAE scale x 2 for
+    # FLUX, which packs 2x2 latents); a transformer's patch size multiplies the VAE scale too.
+    candidates: list[int] = []
     processor_config = getattr(getattr(pipeline, "image_processor", None), "config", None)
     processor_scale = getattr(processor_config, "vae_scale_factor", None)
+    if isinstance(processor_scale, int) and processor_scale > 0:
+        candidates.append(processor_scale)
     vae_scale = getattr(pipeline, "vae_scale_factor", None)
-    patch = getattr(
-        getattr(getattr(pipeline, "transformer", None), "config", None), "patch_size", None
-    )
-    candidates = [value for value in (processor_scale,) if isinstance(value, int) and value > 0]
+    transformer_config = getattr(getattr(pipeline, "transformer", None), "config", None)
+    patch = getattr(transformer_config, "patch_size", None)
     if isinstance(vae_scale, int) and vae_scale > 0:
         candidates.append(vae_scale * (patch if isinstance(patch, int) and patch > 0 else 1))
-    if not candidates:
-        return 16
-    return math.lcm(*candidates)
+    return math.lcm(*candidates) if candidates else 16
 
 
 def output_size(ratio: str | None, side: int, multiple: int) -> tuple[int, int]:
@@ -411,7 +412,7 @@ class DiffusersEngine:
             f"{self._loaded.dtype}, {steps if steps is not None else 'default'} steps, "
             f"guidance {guidance if guidance is not None else 'default'}, "
             f"~{self._resolution or traits.side or 'default'}px"
-            + (", model CPU offload" if self._cpu_offload else "")
+            + (", model CPU offload" if self._cpu_offload and self._loaded.device != "cpu" else "")
         )
 
     async def generate(self, request: EngineRequest) -> EngineResult:
@@ -447,6 +448,17 @@ class DiffusersEngine:
             dtype = _resolve_dtype(torch, self._dtype_setting, device)
             dtype_name = str(dtype).removeprefix("torch.")
             pipeline = self._from_pretrained(DiffusionPipeline, dtype)
+            self._place(pipeline, device)
+        if hasattr(pipeline, "set_progress_bar_config"):
+            pipeline.set_progress_bar_config(disable=True)
+        try:
+            traits = inspect_pipeline(pipeline)
+        except EngineError as exc:
+            raise EngineError(f"IMAGEGATE_DIFFUSERS_MODEL={self.model}: {exc.message}") from exc
+        return _Loaded(pipeline=pipeline, traits=traits, device=device, dtype=dtype_name)
+
+    def _place(self, pipeline: Any, device: str) -> None:
+        try:
             if self._cpu_offload and device != "cpu":
                 pipeline.enable_model_cpu_offload(device=device)
             else:
@@ -455,13 +467,14 @@ class DiffusersEngine:
                         "IMAGEGATE_DIFFUSERS_CPU_OFFLOAD has no effect on the CPU; ignoring it"
                     )
                 pipeline.to(device)
-        if hasattr(pipeline, "set_progress_bar_config"):
-            pipeline.set_progress_bar_config(disable=True)
-        try:
-            traits = inspect_pipeline(pipeline)
-        except EngineError as exc:
-            raise EngineError(f"IMAGEGATE_DIFFUSERS_MODEL={self.model}: {exc.message}") from exc
-        return _Loaded(pipeline=pipeline, traits=traits, device=device, dtype=dtype_name)
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            hint = "" if self._cpu_offload else "set IMAGEGATE_DIFFUSERS_CPU_OFFLOAD=true, or "
+            raise EngineError(
+                f"{self.model} does not fit in {device} memory: {hint}use a smaller model "
+                f"or a GPU with more memory. ({exc})"
+            ) from exc
 
     def _from_pretrained(self, pipeline_class: Any, dtype: Any) -> Any:
         import diffusers

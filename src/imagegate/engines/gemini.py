@@ -43,6 +43,11 @@ _REFUSED = frozenset({"SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PRO
 _RECITED = frozenset({"RECITATION", "IMAGE_RECITATION"})
 _NO_IMAGE = frozenset({"NO_IMAGE", "IMAGE_OTHER", "OTHER"})
 
+# httpcore scans every connection of a pool on each request and each response (O(pool) per
+# call), which at hundreds of connections costs more CPU than the call itself; several
+# smaller pools keep that scan short. See docs/engines/gemini.md, "Benchmark".
+CONNECTIONS_PER_POOL = 50
+
 _RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
 
@@ -178,7 +183,10 @@ class GeminiEngine:
         self._backoff_max = backoff_max_seconds
         self.concurrency = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._client: genai.Client | None = None
+        self._clients: list[genai.Client] = []
+        # Calls in flight on each client; a call goes to the least busy one, so no pool is
+        # asked for more connections than it has.
+        self._client_load: list[int] = []
         # Engine-wide rate-limit pause (time.monotonic()), set by any 429.
         self._paused_until = 0.0
         self._pause_reason: _Transient | None = None
@@ -214,35 +222,39 @@ class GeminiEngine:
         self._connect()
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        clients, self._clients, self._client_load = self._clients, [], []
+        for client in clients:
             await client.aio.aclose()
 
-    def _connect(self) -> genai.Client:
-        if self._client is not None:
-            return self._client
+    def _connect(self) -> list[genai.Client]:
+        if self._clients:
+            return self._clients
         if self._api_key is None and not self._vertex_ai:
             raise EngineError(
                 "The Gemini engine needs a Google API key: set GEMINI_API_KEY (or GOOGLE_API_KEY), "
                 "or use Vertex AI with GOOGLE_GENAI_USE_VERTEXAI=true, GOOGLE_CLOUD_PROJECT and "
                 "GOOGLE_CLOUD_LOCATION."
             )
+        pools = -(-self.concurrency // CONNECTIONS_PER_POOL)
         http_options = types.HttpOptions(
             base_url=self._base_url,
             api_version=self._api_version,
             timeout=self._timeout_ms(self._timeout),
             # httpx pools allow 100 connections by default, which would quietly cap the calls
             # in flight below gemini_max_in_flight.
-            async_client_args={"limits": self._pool_limits()},
+            async_client_args={"limits": self._pool_limits(-(-self.concurrency // pools))},
         )
         try:
-            self._client = genai.Client(api_key=self._api_key, http_options=http_options)
+            self._clients = [
+                genai.Client(api_key=self._api_key, http_options=http_options) for _ in range(pools)
+            ]
         except ValueError as exc:
             raise EngineError(self._redact(f"Cannot set up the Gemini client: {exc}")) from None
-        return self._client
+        self._client_load = [0] * pools
+        return self._clients
 
-    def _pool_limits(self) -> Any:
-        size = self.concurrency
+    @staticmethod
+    def _pool_limits(size: int) -> Any:
         if os.environ.get("GOOGLE_GENAI_HTTP_CLIENT", "").strip().lower() != "httpx":
             try:
                 import httpx2
@@ -257,7 +269,7 @@ class GeminiEngine:
     # --- generation -------------------------------------------------------------
 
     async def generate(self, request: EngineRequest) -> EngineResult:
-        client = self._connect()
+        clients = self._connect()
         started = time.monotonic()
         deadline = started + self._deadline
         contents = self._contents(request)
@@ -279,8 +291,11 @@ class GeminiEngine:
                         )
                     }
                 )
+                load = self._client_load
+                shard = load.index(min(load))
+                load[shard] += 1
                 try:
-                    response = await client.aio.models.generate_content(
+                    response = await clients[shard].aio.models.generate_content(
                         model=model, contents=contents, config=attempt_config
                     )
                 except genai_errors.APIError as exc:
@@ -295,6 +310,8 @@ class GeminiEngine:
                 else:
                     self._rate_limit_streak = 0
                     return self._result(response, model)
+                finally:
+                    load[shard] -= 1
 
             attempt += 1
             logger.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -39,13 +40,17 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageProblem(
-                        f"is {width}x{height} ({width * height:,} pixels); the limit is {max_pixels:,} pixels"
+                        f"claims {width}x{height} = {width * height:,} pixels; "
+                        f"the limit is {max_pixels:,} pixels"
                     )
                 image.verify()
     except ImageProblem:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageProblem(f"is larger than the limit of {max_pixels:,} pixels") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses in Image.open, before we see the size; its message carries the count.
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"claims {int(claimed.group(1)):,} pixels" if claimed else "is too large"
+        raise ImageProblem(f"{size}; the limit is {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
         raise ImageProblem("is not an image in a supported format (PNG, JPEG, WebP, GIF)") from None
     except (OSError, SyntaxError, ValueError) as exc:

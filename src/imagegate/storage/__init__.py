@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from imagegate.settings import Settings
 from imagegate.storage.base import BlobStorage, content_type_for, extension_for
 from imagegate.storage.local import LocalStorage
 from imagegate.storage.s3 import S3Storage
@@ -24,6 +25,14 @@ def open_storage(url: str, *, presign: bool = False, presign_seconds: int = 3600
     )
 
 
+def storage_from_settings(settings: Settings) -> BlobStorage:
+    return open_storage(
+        settings.resolved_storage_url,
+        presign=settings.storage_presign,
+        presign_seconds=settings.storage_presign_seconds,
+    )
+
+
 __all__ = [
     "BlobStorage",
     "LocalStorage",
@@ -31,4 +40,5 @@ __all__ = [
     "content_type_for",
     "extension_for",
     "open_storage",
+    "storage_from_settings",
 ]

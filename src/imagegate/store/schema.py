@@ -63,6 +63,7 @@ tasks = Table(
     # while running, the retry time after a transient error, NULL once finished.
     Column("available_at", Float, nullable=True),
     Index("ix_tasks_owner_seq", "owner", "seq"),
+    Index("ix_tasks_owner_available_at", "owner", "available_at"),
     Index("ix_tasks_available_at", "available_at"),
     # Running tasks only (few rows): finds expired leases without scanning the backlog.
     Index(
@@ -71,6 +72,17 @@ tasks = Table(
         postgresql_where=text("lease_owner IS NOT NULL"),
         sqlite_where=text("lease_owner IS NOT NULL"),
     ),
+)
+
+# Idempotency-Key of a POST: the same key and body within the window returns the same task.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("owner", String(80), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("body_hash", String(64), nullable=False),
+    Column("task_id", String(36), nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 # One row per webhook message: written in the same transaction as the status change it

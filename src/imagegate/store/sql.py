@@ -18,18 +18,27 @@ from typing import Any
 
 from sqlalchemy import and_, case, delete, event, func, insert, select, update
 from sqlalchemy.engine import Row, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
 
 from imagegate.store.base import (
     DeliveryRecord,
+    Idempotency,
+    IdempotencyKeyTaken,
     OutboxMessage,
     Presenter,
     QueueStats,
     StoreEventHandler,
 )
 from imagegate.store.migrate import upgrade_to_head
-from imagegate.store.schema import api_keys, tasks, webhook_attempts, webhook_outbox
+from imagegate.store.schema import (
+    api_keys,
+    idempotency_keys,
+    tasks,
+    webhook_attempts,
+    webhook_outbox,
+)
 from imagegate.tasks.model import ApiKey, GeneratedImage, ReferenceSpec, Status, Task
 
 log = logging.getLogger("imagegate.store")
@@ -268,8 +277,27 @@ class SqlStore:
             )
 
     # --- tasks: API side ------------------------------------------------------------
-    async def create_task(self, task: Task) -> None:
+    async def create_task(self, task: Task, idempotency: Idempotency | None = None) -> None:
+        try:
+            await self._insert_task(task, idempotency)
+        except IntegrityError as exc:
+            if idempotency is not None and "idempotency" in str(exc.orig).lower():
+                raise IdempotencyKeyTaken(idempotency.key) from None
+            raise
+
+    async def _insert_task(self, task: Task, idempotency: Idempotency | None) -> None:
         async with self.engine.begin() as conn:
+            if idempotency is not None:
+                # First, so a concurrent duplicate fails on the primary key before any task exists.
+                await conn.execute(
+                    insert(idempotency_keys).values(
+                        owner=task.owner,
+                        key=idempotency.key,
+                        body_hash=idempotency.body_hash,
+                        task_id=task.id,
+                        created_at=task.created_at,
+                    )
+                )
             await conn.execute(
                 insert(tasks).values(
                     id=task.id,
@@ -288,6 +316,38 @@ class SqlStore:
                 )
             )
             await self._notify(conn, "created")
+
+    async def find_idempotent(self, owner: str, key: str, since: float) -> Idempotency | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(idempotency_keys).where(
+                        idempotency_keys.c.owner == owner,
+                        idempotency_keys.c.key == key,
+                        idempotency_keys.c.created_at >= since,
+                    )
+                )
+            ).first()
+        return Idempotency(row.key, row.body_hash, row.task_id) if row else None
+
+    async def forget_idempotency(self, older_than: float) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than)
+            )
+        return int(result.rowcount or 0)
+
+    async def count_unfinished(self, owner: str) -> int:
+        async with self.engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(tasks)
+                        .where(tasks.c.owner == owner, tasks.c.available_at.is_not(None))
+                    )
+                ).scalar_one()
+            )
 
     async def get_task(self, task_id: str, owner: str | None = None) -> Task | None:
         query = select(tasks).where(tasks.c.id == task_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import secrets
 import time
 import uuid
@@ -22,11 +24,14 @@ from imagegate.net import OutboundError, check_url, validate_url_syntax
 from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
 from imagegate.store import Store
-from imagegate.store.base import DeliveryRecord
+from imagegate.store.base import DeliveryRecord, Idempotency, IdempotencyKeyTaken
 from imagegate.tasks.events import TaskEvents
 from imagegate.tasks.model import ReferenceSpec, Status, Task
 
 MAX_REFERENCES = 3
+SERVICE_UNAVAILABLE = "Service Unavailable. Please try again later."
+# The queue depth is a global count; looking it up once a second per process is plenty.
+QUEUE_CHECK_SECONDS = 1.0
 # Extension fields we keep for engines; anything else a client sends is ignored.
 KEPT_EXTRAS = (
     "resolution",
@@ -53,6 +58,16 @@ class InvalidParams(Exception):
         self.params = params
 
 
+class Refusal(Exception):
+    """The request is fine but cannot be taken now (limits, a reused Idempotency-Key)."""
+
+    def __init__(self, status_code: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class NewTask:
     prompt: str
@@ -71,6 +86,8 @@ class TaskService:
         events: TaskEvents | None = None,
     ) -> None:
         self.events = events or TaskEvents()
+        self._queue_depth = 0
+        self._queue_checked_at = -1e9
         self.store = store
         self.storage = storage
         self.settings = settings
@@ -119,8 +136,52 @@ class TaskService:
                 problems.append(InvalidParam(exc.field, exc.reason))
         return parsed, problems
 
+    def _fingerprint(self, new: NewTask) -> str:
+        canonical = json.dumps(
+            [new.prompt, new.reference_images, new.webhook_url, new.extras],
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    async def _replay(self, owner: str, key: str, fingerprint: str) -> Task | None:
+        since = time.time() - self.settings.idempotency_hours * 3600
+        found = await self.store.find_idempotent(owner, key, since)
+        if found is None:
+            return None
+        if found.body_hash != fingerprint:
+            raise Refusal(
+                409,
+                f"Idempotency-Key {key!r} was already used with a different request body; "
+                "use a new key for a new request.",
+            )
+        return await self.store.get_task(found.task_id, owner)
+
+    async def _check_capacity(self, owner: str) -> None:
+        now = time.monotonic()
+        if now - self._queue_checked_at > QUEUE_CHECK_SECONDS:
+            self._queue_depth = (await self.store.queue_stats()).queued
+            self._queue_checked_at = now
+        if self._queue_depth >= self.settings.max_queue_depth:
+            raise Refusal(503, SERVICE_UNAVAILABLE, retry_after=5)
+        unfinished = await self.store.count_unfinished(owner)
+        if unfinished >= self.settings.max_unfinished_tasks_per_key:
+            raise Refusal(
+                429,
+                f"This key has {unfinished} unfinished tasks; the limit is "
+                f"{self.settings.max_unfinished_tasks_per_key}. Wait for some to finish.",
+                retry_after=5,
+            )
+
     async def create(
-        self, owner: str, new: NewTask, *, base_url: str, request_id: str | None
+        self,
+        owner: str,
+        new: NewTask,
+        *,
+        base_url: str,
+        request_id: str | None,
+        idempotency_key: str | None = None,
     ) -> Task:
         problems = self._check_fields(new)
         parsed: list[ParsedReference] = []
@@ -144,6 +205,14 @@ class TaskService:
                 problems.append(InvalidParam("webhook_url", exc.reason))
         if problems:
             raise InvalidParams(problems)
+        idempotency: Idempotency | None = None
+        fingerprint = ""
+        if idempotency_key:
+            fingerprint = self._fingerprint(new)
+            replayed = await self._replay(owner, idempotency_key, fingerprint)
+            if replayed is not None:
+                return replayed
+        await self._check_capacity(owner)
 
         task_id = str(uuid.uuid4())
         references: list[ReferenceSpec] = []
@@ -168,7 +237,17 @@ class TaskService:
             updated_at=now,
             request_id=request_id,
         )
-        await self.store.create_task(task)
+        if idempotency_key:
+            idempotency = Idempotency(idempotency_key, fingerprint, task_id)
+        try:
+            await self.store.create_task(task, idempotency)
+        except IdempotencyKeyTaken:
+            # A concurrent request with the same key won the race: answer as it would.
+            await self.storage.delete_prefix(f"references/{task_id}")
+            replayed = await self._replay(owner, str(idempotency_key), fingerprint)
+            if replayed is None:
+                raise
+            return replayed
         self.on_created()
         return task
 

@@ -15,6 +15,7 @@ from imagegate.store import Store
 from imagegate.tasks.events import TaskEvents
 from imagegate.webhooks.dispatcher import WebhookDispatcher
 from imagegate.webhooks.secrets import SecretBook, load_static_secret
+from imagegate.worker.janitor import Janitor
 from imagegate.worker.runner import Worker, make_worker_id
 
 log = logging.getLogger("imagegate.worker")
@@ -41,6 +42,8 @@ class WorkerRuntime:
             store, storage, self.engine, settings, worker_id=worker_id, on_change=self._changed
         )
 
+        self.janitor = Janitor(store, storage, settings)
+
     def _changed(self, task_id: str) -> None:
         self.webhooks.notify()
         self.events.publish(task_id)
@@ -55,6 +58,7 @@ class WorkerRuntime:
         )
         self.worker.start()
         self.webhooks.start()
+        self.janitor.start()
 
     def notify(self) -> None:
         self.worker.notify()
@@ -69,6 +73,7 @@ class WorkerRuntime:
             self.events.publish(task_id)
 
     async def stop(self) -> None:
+        await self.janitor.stop()
         grace = self.settings.shutdown_grace_seconds
         await self.worker.stop(grace=grace)
         await self.webhooks.stop(grace=min(grace, self.settings.webhook_timeout_seconds))

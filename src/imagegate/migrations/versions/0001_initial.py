@@ -55,6 +55,15 @@ def upgrade() -> None:
         sa.Column("available_at", sa.Float, nullable=True),
     )
     op.create_index("ix_tasks_owner_seq", "tasks", ["owner", "seq"])
+    op.create_index("ix_tasks_owner_available_at", "tasks", ["owner", "available_at"])
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("owner", sa.String(80), primary_key=True),
+        sa.Column("key", sa.String(255), primary_key=True),
+        sa.Column("body_hash", sa.String(64), nullable=False),
+        sa.Column("task_id", sa.String(36), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
     op.create_index("ix_tasks_available_at", "tasks", ["available_at"])
     op.create_index(
         "ix_tasks_leased_available_at",
@@ -100,5 +109,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("webhook_attempts")
     op.drop_table("webhook_outbox")
+    op.drop_table("idempotency_keys")
     op.drop_table("tasks")
     op.drop_table("api_keys")

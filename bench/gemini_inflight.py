@@ -1,0 +1,173 @@
+"""How many Gemini calls one worker process keeps in flight.
+
+One process runs the Gemini engine the way a worker does (N tasks at once, each awaiting
+`engine.generate`) against the Gemini stub, which runs in another process and answers every
+call after `--latency` seconds with a ~1.5 MB PNG of noise (real answers are photos that do
+not compress). With a perfect client, throughput is in-flight / latency; the table shows how
+close the engine gets, and what it costs in memory.
+
+    .venv/bin/python -m bench.gemini_inflight --inflight 50,200,500
+
+Talks only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+from imagegate.engines.base import EngineRequest
+from imagegate.engines.gemini import GeminiEngine
+from tests.support.gemini_stub import GeminiStub, noise_png
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class LevelResult:
+    in_flight: int
+    tasks: int
+    seconds: float
+    cpu_seconds: float
+    stub_peak: int
+    peak_rss_mb: float
+    failures: int
+
+    def row(self, latency: float) -> list[str]:
+        rate = self.tasks / self.seconds
+        ideal = self.in_flight / latency
+        return [
+            str(self.in_flight),
+            str(self.tasks),
+            f"{self.seconds:.2f}",
+            f"{rate:.1f}",
+            f"{ideal:.1f}",
+            f"{rate / ideal:.2f}",
+            f"{self.peak_rss_mb:.0f}",
+            str(self.stub_peak),
+            f"{100 * self.cpu_seconds / self.seconds:.0f}%",
+            str(self.failures),
+        ]
+
+
+HEADERS = [
+    "in-flight",
+    "tasks",
+    "seconds",
+    "tasks/s",
+    "ideal tasks/s",
+    "ratio",
+    "peak RSS MB",
+    "stub peak",
+    "engine CPU",
+    "failed",
+]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE / 1e6
+
+
+async def sample_peak_rss(peak: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], rss_mb())
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except TimeoutError:
+            pass
+
+
+async def run_level(url: str, in_flight: int, tasks: int, stub_stats: object) -> LevelResult:
+    engine = GeminiEngine(
+        base_url=url,
+        api_key="bench-key",
+        max_in_flight=in_flight,
+        timeout_seconds=60.0,
+        deadline_seconds=120.0,
+    )
+    await engine.start()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(tasks):
+        queue.put_nowait(index)
+    failures = 0
+
+    async def worker_slot() -> None:
+        # A worker runs `engine.concurrency` tasks at once, each taking the next queued one.
+        nonlocal failures
+        while True:
+            try:
+                index = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            result = await engine.generate(
+                EngineRequest(prompt=f"benchmark image {index}", aspect_ratio="1:1")
+            )
+            if not result.images:
+                failures += 1
+
+    peak = [rss_mb()]
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_peak_rss(peak, stop))
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker_slot() for _ in range(engine.concurrency)))
+    seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
+    stop.set()
+    await sampler
+    await engine.close()
+    stats = stub_stats() if callable(stub_stats) else {}
+    return LevelResult(
+        in_flight=in_flight,
+        tasks=tasks,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        stub_peak=int(stats.get("peak_in_flight", 0)),
+        peak_rss_mb=peak[0],
+        failures=failures,
+    )
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(len(HEADERS))]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inflight", default="50,200,500", help="comma-separated levels")
+    parser.add_argument("--tasks", type=int, default=0, help="tasks per level (default 2x)")
+    parser.add_argument("--latency", type=float, default=2.0, help="stub answer delay, seconds")
+    parser.add_argument("--image-mb", type=float, default=1.5, help="size of the answer PNG")
+    args = parser.parse_args()
+    levels = [int(level) for level in args.inflight.split(",") if level.strip()]
+
+    image = noise_png(args.image_mb)
+    print(
+        f"stub: {args.latency} s latency, {len(image) / 1e6:.2f} MB PNG per answer; "
+        f"{os.cpu_count()} CPUs; engine pid {os.getpid()}"
+    )
+    rows: list[list[str]] = []
+    with GeminiStub.in_subprocess(delay=args.latency, image_bytes=image) as stub:
+        for level in levels:
+            stub.reset_peak()
+            tasks = args.tasks or 2 * level
+            result = asyncio.run(run_level(stub.url, level, tasks, stub.stats))
+            rows.append(result.row(args.latency))
+            print(f"  {level} in flight: {result.seconds:.2f} s", flush=True)
+    print()
+    print_table(rows)
+    print(f"\nmax RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
