@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import FrameType
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imagegate.cli_client import register as register_client_commands
+from imagegate.logs import setup_logging
 from imagegate.settings import Settings
 
 app = typer.Typer(
@@ -30,14 +30,6 @@ app.add_typer(db_app, name="db")
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -91,8 +83,8 @@ def serve(
     """Run the HTTP API (and, by default, the worker) in one process."""
     from imagegate.api.app import create_app
 
-    setup_logging(log_level)
     settings = _settings(host=host, port=port, data_dir=data_dir, engine=engine)
+    setup_logging(log_level, settings.log_format)
     application = create_app(settings, run_worker=worker)
     logging.getLogger("imagegate").info(
         "listening on http://%s:%d (docs at /docs)", settings.host, settings.port
@@ -103,6 +95,7 @@ def serve(
         port=settings.port,
         log_level=log_level,
         access_log=False,
+        log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     server = DrainingServer(config)
@@ -122,8 +115,8 @@ def worker_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run only the worker: claim tasks from the shared store and run them."""
-    setup_logging(log_level)
     settings = _settings(worker_concurrency=concurrency, engine=engine)
+    setup_logging(log_level, settings.log_format)
     asyncio.run(_worker_main(settings))
 
 
@@ -138,6 +131,11 @@ async def _worker_main(settings: Settings) -> None:
     store = open_store(settings.resolved_database_url, TaskPresenter(storage, settings.public_url))
     await store.start()
     runtime = WorkerRuntime(store, storage, settings)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host)
+        log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -140,6 +140,16 @@ class Settings(BaseSettings):
         False, description="Model CPU offload, for GPUs with little memory."
     )
 
+    # --- operations ------------------------------------------------------------
+    log_format: Literal["auto", "json", "plain"] = Field(
+        "auto",
+        description="`json` (one object per line), `plain`, or `auto`: plain in a terminal, JSON otherwise.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        description="`imagegate worker` serves Prometheus metrics on this port (API processes serve them at /metrics).",
+    )
+
     # --- worker --------------------------------------------------------------
     worker_concurrency: int | None = Field(
         None,

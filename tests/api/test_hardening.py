@@ -26,13 +26,17 @@ def png_bomb(width: int, height: int) -> bytes:
     """A valid PNG header claiming width x height pixels, with a tiny compressed body of zeros."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     raw_row = b"\x00" + b"\x00" * width  # filter byte + one grey byte per pixel
     compressor = zlib.compressobj(9)
     body = b"".join(compressor.compress(raw_row) for _ in range(64)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
 
 
 def rss_kb(pid: int) -> int:
@@ -73,7 +77,9 @@ def test_png_bomb_is_refused_without_growing_the_process(limited: ServerProcess)
     )
     after = rss_kb(limited.proc.pid)
     assert response.status_code == 400
-    reason = {p["name"]: p["reason"] for p in response.json()["invalid_params"]}["reference_images[0]"]
+    reason = {p["name"]: p["reason"] for p in response.json()["invalid_params"]}[
+        "reference_images[0]"
+    ]
     assert "50,000,000 pixels" in reason
     # Decoding it would need 50 MB; the refusal costs next to nothing.
     assert after - before < 20 * 1024, f"RSS grew by {after - before} KB"
@@ -89,7 +95,11 @@ def test_limits_name_the_field(limited: ServerProcess) -> None:
     too_big = api.create({"prompt": "x", "reference_images": [b64(big_ref)]})
     assert too_big.status_code == 400
     assert "limit" in too_big.json()["invalid_params"][0]["reason"]
-    body = api.http.post(ENDPOINT, content=b"{" + b" " * (3 * 1024 * 1024) + b"}", headers={"content-type": "application/json"})
+    body = api.http.post(
+        ENDPOINT,
+        content=b"{" + b" " * (3 * 1024 * 1024) + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert body.status_code == 413
     _still_serves(limited)
     api.http.close()
@@ -119,7 +129,9 @@ def test_trickling_reference_url_is_cut_off_at_the_timeout(limited: ServerProces
     try:
         api = Api(limited.url, KEY_B)
         url = f"http://127.0.0.1:{httpd.server_address[1]}/slow.png"
-        task_id = api.create({"prompt": "slow", "reference_images": [url]}).json()["data"]["task_id"]
+        task_id = api.create({"prompt": "slow", "reference_images": [url]}).json()["data"][
+            "task_id"
+        ]
         started = time.monotonic()
         done = api.wait(task_id, timeout=20)
         assert done["status"] == "FAILED"
@@ -150,13 +162,20 @@ def test_rate_limit_headers_count_down_then_429(tmp_path: Path) -> None:
     assert int(response.headers["retry-after"]) >= 1
     assert "Rate limit" in response.json()["message"]
     # Another key is not affected.
-    assert httpx.get(limited.url + ENDPOINT, headers={"x-freepik-api-key": KEY_B}).status_code == 200
+    assert (
+        httpx.get(limited.url + ENDPOINT, headers={"x-freepik-api-key": KEY_B}).status_code == 200
+    )
     client.close()
     limited.stop()
 
 
 def test_unfinished_task_cap_is_429(tmp_path: Path) -> None:
-    env = {"IMAGEGATE_API_KEYS": KEY_A, "IMAGEGATE_MAX_UNFINISHED_TASKS_PER_KEY": "3", "IMAGEGATE_OFFLINE_DELAY_MS": "3000", "IMAGEGATE_WORKER_CONCURRENCY": "1"}
+    env = {
+        "IMAGEGATE_API_KEYS": KEY_A,
+        "IMAGEGATE_MAX_UNFINISHED_TASKS_PER_KEY": "3",
+        "IMAGEGATE_OFFLINE_DELAY_MS": "3000",
+        "IMAGEGATE_WORKER_CONCURRENCY": "1",
+    }
     with ServerProcess(tmp_path, env) as server:
         api = Api(server.url, KEY_A)
         codes = [api.create({"prompt": f"queue {i}"}).status_code for i in range(4)]
@@ -178,7 +197,9 @@ def test_queue_bound_is_503(tmp_path: Path) -> None:
             response = api.create({"prompt": "3"})
             return response if response.status_code == 503 else None
 
-        response = wait_until(refused, 5, interval=0.3, message="503 once the queue count refreshes")
+        response = wait_until(
+            refused, 5, interval=0.3, message="503 once the queue count refreshes"
+        )
         assert response.json() == {"message": "Service Unavailable. Please try again later."}
         api.http.close()
 
@@ -203,31 +224,50 @@ def test_concurrent_idempotent_posts_make_one_task(alice: Api) -> None:
     headers = {"Idempotency-Key": "race-" + os.urandom(6).hex()}
     with ThreadPoolExecutor(8) as pool:
         responses = list(
-            pool.map(lambda _: alice.http.post(ENDPOINT, json={"prompt": "race"}, headers=headers), range(8))
+            pool.map(
+                lambda _: alice.http.post(ENDPOINT, json={"prompt": "race"}, headers=headers),
+                range(8),
+            )
         )
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["data"]["task_id"] for r in responses}) == 1
 
 
 def test_retention_purges_tasks_and_images(tmp_path: Path) -> None:
-    env = {"IMAGEGATE_API_KEYS": KEY_A, "IMAGEGATE_RETENTION_DAYS": "0.00002", "IMAGEGATE_RETENTION_SWEEP_SECONDS": "0.5"}
+    env = {
+        "IMAGEGATE_API_KEYS": KEY_A,
+        "IMAGEGATE_RETENTION_DAYS": "0.00002",
+        "IMAGEGATE_RETENTION_SWEEP_SECONDS": "0.5",
+    }
     with ServerProcess(tmp_path, env) as server:
         api = Api(server.url, KEY_A)
         done = api.wait(api.create({"prompt": "short-lived"}).json()["data"]["task_id"])
         url = done["generated"][0]
-        wait_until(lambda: api.get(done["task_id"]).status_code == 404, 15, message="the task purged")
+        wait_until(
+            lambda: api.get(done["task_id"]).status_code == 404, 15, message="the task purged"
+        )
         assert httpx.get(url).status_code == 404
         api.http.close()
 
 
 def test_worker_killed_mid_task_completes_exactly_once(tmp_path: Path) -> None:
-    env = {"IMAGEGATE_API_KEYS": KEY_A, "IMAGEGATE_OFFLINE_DELAY_MS": "1500", "IMAGEGATE_LEASE_SECONDS": "1"}
+    env = {
+        "IMAGEGATE_API_KEYS": KEY_A,
+        "IMAGEGATE_OFFLINE_DELAY_MS": "1500",
+        "IMAGEGATE_LEASE_SECONDS": "1",
+    }
     api_server = ServerProcess(tmp_path, env, args=["--no-worker"]).start()
     worker = ServerProcess(tmp_path, env, command="worker").start()
     try:
         api = Api(api_server.url, KEY_A)
-        task_id = api.create({"prompt": "once", "webhook_url": "http://127.0.0.1:9/none"}).json()["data"]["task_id"]
-        wait_until(lambda: api.get(task_id).json()["data"]["status"] == "IN_PROGRESS", 15, message="IN_PROGRESS")
+        task_id = api.create({"prompt": "once", "webhook_url": "http://127.0.0.1:9/none"}).json()[
+            "data"
+        ]["task_id"]
+        wait_until(
+            lambda: api.get(task_id).json()["data"]["status"] == "IN_PROGRESS",
+            15,
+            message="IN_PROGRESS",
+        )
         worker.kill()
         second = ServerProcess(tmp_path, env, command="worker").start()
         done = api.wait(task_id, timeout=30)
@@ -270,5 +310,3 @@ def test_an_unhandled_error_is_a_json_500_with_the_request_id(tmp_path: Path) ->
                 target.unlink()
             elif target.exists():
                 os.chmod(target, 0o700)
-
-

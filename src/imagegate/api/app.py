@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
 from imagegate import __version__
@@ -17,6 +17,7 @@ from imagegate.api.openai import router as openai_router
 from imagegate.api.playground import router as playground_router
 from imagegate.api.ratelimit import RateLimitMiddleware
 from imagegate.api.routes import router
+from imagegate.metrics import MetricsMiddleware, exposition, update_queue_gauges
 from imagegate.settings import Settings
 from imagegate.storage import storage_from_settings
 from imagegate.store import open_store
@@ -98,6 +99,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(openai_router)
     app.include_router(playground_router)
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        try:
+            update_queue_gauges(await request.app.state.store.queue_stats())
+        except Exception as exc:
+            log.warning("queue gauges not updated: %s", exc)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -117,5 +127,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.rate_limit_per_minute > 0:
         app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

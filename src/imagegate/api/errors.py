@@ -13,7 +13,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegate.tasks.service import SERVICE_UNAVAILABLE, InvalidParam, InvalidParams, Refusal
 
-
 VALIDATION_MESSAGE = "Your request parameters didn't validate."
 
 STATUS_MESSAGES = {

@@ -9,6 +9,8 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagegate.logs import request_id_var
+
 log = logging.getLogger("imagegate.api")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -37,6 +39,7 @@ class RequestIdMiddleware:
         if not request_id:
             request_id = "req_" + secrets.token_hex(10)
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)
         header = (b"x-request-id", request_id.encode())
 
         started = False
@@ -54,7 +57,9 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
+            log.exception(
+                "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
+            )
             if started:
                 raise
             body = b'{"message":"Internal Server Error"}'

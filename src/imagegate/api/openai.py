@@ -140,12 +140,61 @@ _EDITS_BODY = {
 }
 
 
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_IMAGES = {
+    "type": "object",
+    "required": ["created", "data"],
+    "properties": {
+        "created": {"type": "integer"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"url": {"type": "string"}, "b64_json": {"type": "string"}},
+            },
+        },
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "webp", "gif"]},
+    },
+}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The images",
+        "content": {"application/json": {"schema": _IMAGES}},
+    },
+    **{
+        status: {"description": why, "content": {"application/json": {"schema": _ERROR}}}
+        for status, why in [
+            (400, "An invalid field, or a task that ended FAILED"),
+            (401, "Missing or invalid API key"),
+            (500, "Internal Server Error"),
+            (504, "The images were not ready in time; the tasks keep running"),
+        ]
+    },
+}
+
+
 @router.post(
     "/v1/images/generations",
     summary="OpenAI-compatible: create images from a prompt",
     description="OpenAI's Images API shape, answered when the images are ready. `Authorization: "
     "Bearer <imagegate key>`. `size` picks the nearest aspect ratio; `model` is ignored.",
     openapi_extra=_GENERATIONS_BODY,
+    responses=RESPONSES,
 )
 async def images_generations(request: Request) -> JSONResponse:
     return await _answer(request, _parse_generation)
@@ -157,6 +206,7 @@ async def images_generations(request: Request) -> JSONResponse:
     description="Multipart with up to 3 files in `image[]` (or `image`) and a `prompt`; JSON "
     'with `images: [{"image_url": ...}]` also works. Masks are not supported.',
     openapi_extra=_EDITS_BODY,
+    responses=RESPONSES,
 )
 async def images_edits(request: Request) -> JSONResponse:
     return await _answer(request, _parse_edit)

@@ -20,6 +20,7 @@ class OutboxMessage:
     id: str
     task_id: str
     owner: str
+    request_id: str | None
     url: str
     status: str
     payload: str
@@ -59,6 +60,7 @@ class QueueStats:
     queued: int
     running: int
     oldest_queued_age: float
+    webhook_backlog: int = 0
 
 
 class Store(Protocol):

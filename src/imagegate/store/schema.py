@@ -94,6 +94,7 @@ webhook_outbox = Table(
     Column("id", String(40), nullable=False, unique=True),  # the webhook-id header
     Column("task_id", String(36), nullable=False),
     Column("owner", String(80), nullable=False),
+    Column("request_id", String(64), nullable=True),
     Column("url", Text, nullable=False),
     Column("status", String(16), nullable=False),  # the task status it announces
     Column("payload", Text, nullable=False),

@@ -382,9 +382,19 @@ class SqlStore:
                     ).where(tasks.c.available_at.is_not(None))
                 )
             ).one()
+            backlog = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(webhook_outbox)
+                    .where(webhook_outbox.c.state == "pending")
+                )
+            ).scalar_one()
         oldest = row[2]
         return QueueStats(
-            queued=row[0], running=row[1], oldest_queued_age=(now - oldest) if oldest else 0.0
+            queued=row[0],
+            running=row[1],
+            oldest_queued_age=(now - oldest) if oldest else 0.0,
+            webhook_backlog=int(backlog),
         )
 
     # --- tasks: worker side ---------------------------------------------------------
@@ -565,6 +575,7 @@ class SqlStore:
                 id="msg_" + secrets.token_urlsafe(18),
                 task_id=task.id,
                 owner=task.owner,
+                request_id=task.request_id,
                 url=task.webhook_url,
                 status=task.status.value,
                 payload=json.dumps(self.presenter(task), separators=(",", ":")),
@@ -620,6 +631,7 @@ class SqlStore:
                 id=r.id,
                 task_id=r.task_id,
                 owner=r.owner,
+                request_id=r.request_id,
                 url=r.url,
                 status=r.status,
                 payload=r.payload,

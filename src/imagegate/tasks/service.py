@@ -20,6 +20,7 @@ from imagegate.inputs.references import (
     ReferenceProblem,
     parse_reference,
 )
+from imagegate.metrics import TASKS_CREATED
 from imagegate.net import OutboundError, check_url, validate_url_syntax
 from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
@@ -248,6 +249,7 @@ class TaskService:
             if replayed is None:
                 raise
             return replayed
+        TASKS_CREATED.inc()
         self.on_created()
         return task
 

@@ -14,6 +14,8 @@ import logging
 import random
 import time
 
+from imagegate.logs import request_id_var, task_id_var
+from imagegate.metrics import WEBHOOK_DELIVERIES
 from imagegate.net import OutboundError, make_client, post_json_guarded
 from imagegate.settings import Settings
 from imagegate.store import Store
@@ -105,6 +107,8 @@ class WebhookDispatcher:
         return delay
 
     async def _deliver(self, message: OutboxMessage) -> None:
+        request_id_var.set(message.request_id)
+        task_id_var.set(message.task_id)
         secrets = await self.secrets.for_owner(message.owner)
         if not secrets:
             await self._record(
@@ -132,6 +136,13 @@ class WebhookDispatcher:
         except OutboundError as exc:
             error = exc.reason
         if status is not None and 200 <= status < 300:
+            log.info(
+                "webhook %s (%s) delivered: HTTP %d in %.0f ms",
+                message.id,
+                message.status,
+                status,
+                elapsed,
+            )
             await self._record(message, status, None, elapsed, "delivered")
             return
         if status == 410:
@@ -172,6 +183,7 @@ class WebhookDispatcher:
         state: str | None,
         next_attempt_at: float | None = None,
     ) -> None:
+        WEBHOOK_DELIVERIES.labels("retry" if state == "pending" else (state or "failed")).inc()
         await self.store.record_webhook_attempt(
             message.id,
             self.worker_id,

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 from imagegate.engines.base import Engine, EngineError, EngineRequest, EngineResult
 from imagegate.inputs.references import ReferenceProblem, load_reference
+from imagegate.logs import request_id_var, task_id_var
+from imagegate.metrics import ENGINE_ERRORS, ENGINE_SECONDS, TASKS_FINISHED
 from imagegate.net import make_client
 from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
@@ -117,6 +119,9 @@ class Worker:
 
     # --- running one task -----------------------------------------------------------------
     async def _run(self, task: Task) -> None:
+        # Each runner is its own asyncio task (its own context): these tag this task's logs.
+        request_id_var.set(task.request_id)
+        task_id_var.set(task.id)
         log.info(
             "task %s attempt %d started",
             task.id,
@@ -165,7 +170,7 @@ class Worker:
                     seed=task.options.get("seed"),
                     options=dict(task.options.get("extras", {})),
                 )
-                result = await self.engine.generate(request)
+                result = await self._generate(request)
                 if not result.images:
                     raise EngineError("the engine returned no image")
                 generated = await self._store_outputs(task, result)
@@ -173,12 +178,16 @@ class Worker:
             await self._fail(task, str(exc))
             return
         except EngineError as exc:
+            ENGINE_ERRORS.labels(
+                self.engine.name, "retryable" if exc.retryable else "permanent"
+            ).inc()
             if exc.retryable:
                 await self._retry(task, exc.message, exc.retry_after)
             else:
                 await self._fail(task, exc.message)
             return
         except TimeoutError:
+            ENGINE_ERRORS.labels(self.engine.name, "timeout").inc()
             await self._retry(
                 task,
                 f"the attempt ran past its deadline of {self.settings.task_timeout_seconds:g} s",
@@ -187,6 +196,7 @@ class Worker:
             return
         except Exception as exc:
             log.exception("task %s: unexpected error", task.id)
+            ENGINE_ERRORS.labels(self.engine.name, "internal").inc()
             await self._retry(task, f"internal error: {type(exc).__name__}: {exc}", None)
             return
         completed = await self.store.complete_task(
@@ -198,6 +208,8 @@ class Worker:
             text=result.text,
         )
         self.on_change(task.id)
+        if completed:
+            TASKS_FINISHED.labels("COMPLETED", self.engine.name).inc()
         elapsed = time.monotonic() - started
         if completed:
             log.info(
@@ -207,6 +219,13 @@ class Worker:
             log.warning(
                 "task %s finished after its lease was taken over; result discarded", task.id
             )
+
+    async def _generate(self, request: EngineRequest) -> EngineResult:
+        started = time.perf_counter()
+        try:
+            return await self.engine.generate(request)
+        finally:
+            ENGINE_SECONDS.labels(self.engine.name).observe(time.perf_counter() - started)
 
     async def _store_outputs(self, task: Task, result: EngineResult) -> list[GeneratedImage]:
         token = task.options.get("output_token") or uuid.uuid4().hex
@@ -227,7 +246,8 @@ class Worker:
 
     async def _fail(self, task: Task, reason: str) -> None:
         log.info("task %s failed: %s", task.id, reason)
-        await self.store.fail_task(task.id, self.worker_id, reason)
+        if await self.store.fail_task(task.id, self.worker_id, reason):
+            TASKS_FINISHED.labels("FAILED", self.engine.name).inc()
         self.on_change(task.id)
 
     async def _retry(self, task: Task, reason: str, retry_after: float | None) -> None:

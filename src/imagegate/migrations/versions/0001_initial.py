@@ -78,6 +78,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(40), nullable=False, unique=True),
         sa.Column("task_id", sa.String(36), nullable=False),
         sa.Column("owner", sa.String(80), nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=True),
         sa.Column("url", sa.Text, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("payload", sa.Text, nullable=False),
