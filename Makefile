@@ -44,3 +44,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the README's settings table from the Settings model.
+readme-settings: install
+	$(BIN)/python -c "import re,pathlib; from imagegate.settings_doc import settings_table as t; p=pathlib.Path('README.md'); p.write_text(re.sub(r'<!-- settings:start -->.*<!-- settings:end -->', lambda m: '<!-- settings:start -->\n'+t()+'<!-- settings:end -->', p.read_text(), flags=re.S))"

@@ -39,7 +39,9 @@ def moto_s3() -> Iterator[MotoS3]:
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres+s3"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """One real server for the black-box tests that don't restart it; the whole suite runs
     against the embedded default and against PostgreSQL + S3 (skipped where PostgreSQL or
     moto is missing)."""

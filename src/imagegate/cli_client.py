@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from imagegate.client import Client, Task
@@ -151,18 +152,25 @@ def tasks(
     if not listed:
         stderr.print("No tasks on this page.")
         return
-    table = Table("task id", "status", "images", "model", "details")
+    # Ids and statuses are what users read and copy: never wrapped or cut.
+    table = Table(
+        Column("task id", no_wrap=True, min_width=36),
+        Column("status", no_wrap=True, min_width=11),
+        Column("model"),
+        Column("result", ratio=1),
+    )
     for task in listed:
         colour = {"COMPLETED": "green", "FAILED": "red", "IN_PROGRESS": "yellow"}.get(
             task.status, "white"
         )
-        details = task.error if task.status == "FAILED" else " ".join(task.generated[:1])
+        # A reason is read whole; URLs are cut to the terminal (--json has them in full).
+        result = (
+            Text(task.error or "", overflow="fold")
+            if task.status == "FAILED"
+            else Text("\n".join(task.generated), overflow="ellipsis", no_wrap=True)
+        )
         table.add_row(
-            task.task_id,
-            f"[{colour}]{task.status}[/{colour}]",
-            str(len(task.generated)),
-            escape(task.model or "-"),
-            escape(details or ""),
+            task.task_id, f"[{colour}]{task.status}[/{colour}]", escape(task.model or "-"), result
         )
     Console().print(table)
 

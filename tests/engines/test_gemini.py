@@ -69,14 +69,6 @@ def size_of(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-
-
 # --- answers -------------------------------------------------------------------------
 
 
@@ -157,6 +149,32 @@ async def test_several_images_and_text_in_one_answer(
     assert result.text == "Here are three variations."
 
 
+async def test_thought_parts_are_not_the_answer(
+    stub: GeminiStub, make_engine: EngineFactory
+) -> None:
+    stub.script(Reply.image(1, text="Done.", thoughts=2))
+
+    result = await make_engine().generate(EngineRequest(prompt="a cat"))
+
+    assert [image.data for image in result.images] == [draw_png(64, 64, 0)]
+    assert result.text == "Done."
+
+
+async def test_output_keeps_the_mime_type_google_gives() -> None:
+    jpeg = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(jpeg, format="JPEG")
+    with GeminiStub(api_key=None, image_bytes=jpeg.getvalue(), image_mime_type="image/jpeg") as jp:
+        engine = GeminiEngine(base_url=jp.url, api_key="any")
+        try:
+            result = await engine.generate(EngineRequest(prompt="a photo"))
+        finally:
+            await engine.close()
+
+    assert [(image.mime_type, image.data) for image in result.images] == [
+        ("image/jpeg", jpeg.getvalue())
+    ]
+
+
 async def test_text_only_answer_fails_with_what_the_model_said(
     stub: GeminiStub, make_engine: EngineFactory
 ) -> None:
@@ -233,7 +251,7 @@ async def test_rate_limit_pauses_every_call_of_the_engine(
     stub.script(Reply.error(429, message="Quota exceeded.", retry_delay="0.3s"))
 
     first = asyncio.create_task(engine.generate(EngineRequest(prompt="first")))
-    await until(lambda: stub.answered >= 1)
+    await asyncio.to_thread(stub.wait_for_requests, 1)
     others = [engine.generate(EngineRequest(prompt=f"other {i}")) for i in range(5)]
     results = await asyncio.gather(first, *others)
 
@@ -290,12 +308,13 @@ async def test_timeouts_are_retried_until_the_deadline(
     assert not caught.value.retryable
     assert "kept timing out" in caught.value.message
     assert 0.5 <= elapsed < 1.2
-    await until(lambda: len(stub.requests) >= 3)
+    assert len(stub.requests) >= 3
 
 
 async def test_refused_connections_are_retried_then_reported(
-    make_engine: EngineFactory,
+    make_engine: EngineFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="imagegate.engines.gemini")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
@@ -306,7 +325,9 @@ async def test_refused_connections_are_retried_then_reported(
 
     assert not caught.value.retryable
     assert "kept failing to connect" in caught.value.message
-    assert "ConnectError" in caught.value.message
+    # httpx2's ConnectError, or aiohttp's ClientConnectorError when the SDK uses aiohttp.
+    assert "Connect" in caught.value.message
+    assert "failed (attempt 2)" in caplog.text
 
 
 # --- models ----------------------------------------------------------------------------
@@ -416,6 +437,31 @@ async def test_no_key_is_a_clear_start_up_error(
 
     with pytest.raises(EngineError, match="GEMINI_API_KEY"):
         await make_engine(api_key=None).start()
+
+
+async def test_vertex_ai_is_left_to_the_sdk_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    express_key = "vertex-express-key-0000-do-not-leak"
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")
+    monkeypatch.delenv("GOOGLE_GENAI_USE_ENTERPRISE", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.delenv("GOOGLE_CLOUD_LOCATION", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", express_key)
+    with GeminiStub(api_key=None) as vertex:
+        vertex.script(Reply.image(), Reply.error(400, message=f"Key {express_key} is invalid."))
+        engine = GeminiEngine(base_url=vertex.url)
+        try:
+            result = await engine.generate(EngineRequest(prompt="a fox"))
+            with pytest.raises(EngineError) as caught:
+                await engine.generate(EngineRequest(prompt="a fox"))
+        finally:
+            await engine.close()
+
+    assert engine.describe().startswith("gemini (model gemini-2.5-flash-image via Vertex AI")
+    assert len(result.images) == 1
+    assert vertex.requests[0].vertex_ai
+    assert express_key not in caught.value.message
+    assert "[redacted]" in caught.value.message
 
 
 # --- settings and throughput --------------------------------------------------------------

@@ -73,10 +73,14 @@ def test_chaos_kill_9_workers(tmp_path: Path, database_url: str) -> None:
 
     with Receiver() as receiver:
         try:
-            clients = [httpx.Client(base_url=a.url, headers={"x-freepik-api-key": KEY_A}) for a in apis]
+            clients = [
+                httpx.Client(base_url=a.url, headers={"x-freepik-api-key": KEY_A}) for a in apis
+            ]
             ids = []
             for i in range(TASKS):
-                response = clients[i % 2].post(ENDPOINT, json={"prompt": f"chaos {i}", "webhook_url": receiver.url})
+                response = clients[i % 2].post(
+                    ENDPOINT, json={"prompt": f"chaos {i}", "webhook_url": receiver.url}
+                )
                 assert response.status_code == 200, response.text
                 ids.append(response.json()["data"]["task_id"])
                 if i % 50 == 25:  # kill a worker now and then while submitting
@@ -97,10 +101,13 @@ def test_chaos_kill_9_workers(tmp_path: Path, database_url: str) -> None:
                     dead_pids.add(workers[victim].proc.pid)
                     workers[victim].kill()
                     workers[victim] = ServerProcess(data_dir, env, command="worker").start()
-                listed = clients[0].get(ENDPOINT, params={"per_page": 100, "page": 1}).json()["data"]
+                listed = (
+                    clients[0].get(ENDPOINT, params={"per_page": 100, "page": 1}).json()["data"]
+                )
                 del listed
                 statuses = Counter(
-                    clients[j % 2].get(f"{ENDPOINT}/{tid}").json()["data"]["status"] for j, tid in enumerate(ids)
+                    clients[j % 2].get(f"{ENDPOINT}/{tid}").json()["data"]["status"]
+                    for j, tid in enumerate(ids)
                 )
                 return statuses["COMPLETED"] == TASKS
 
@@ -116,7 +123,9 @@ def test_chaos_kill_9_workers(tmp_path: Path, database_url: str) -> None:
                         seen[body["task_id"]].add(r.headers["webhook-id"])
                 return seen
 
-            wait_until(lambda: len(completed_hooks()) == TASKS, 60, message="a COMPLETED webhook per task")
+            wait_until(
+                lambda: len(completed_hooks()) == TASKS, 60, message="a COMPLETED webhook per task"
+            )
             assert all(len(v) == 1 for v in completed_hooks().values())
 
             # Outputs written once: one file per task, and one "completed" record per task across

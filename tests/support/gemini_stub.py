@@ -87,13 +87,23 @@ class Reply:
     error_status: str | None = None
     error_message: str | None = None
     retry_delay: str | None = None
+    # Draft images a thinking model (Gemini 3) shows before its answer, marked `thought`.
+    thoughts: int = 0
     # Seconds before answering; None means the stub's default delay.
     delay: float | None = None
 
     @classmethod
-    def image(cls, count: int = 1, *, text: str | None = None, delay: float | None = None) -> Reply:
-        """`count` images (and `text` before them when given), finishReason STOP."""
-        return cls(images=count, text=text, delay=delay)
+    def image(
+        cls,
+        count: int = 1,
+        *,
+        text: str | None = None,
+        thoughts: int = 0,
+        delay: float | None = None,
+    ) -> Reply:
+        """`count` images (and `text` before them when given), finishReason STOP; `thoughts`
+        draft images and a thought text come first, as a thinking model sends them."""
+        return cls(images=count, text=text, thoughts=thoughts, delay=delay)
 
     @classmethod
     def text_only(cls, text: str, *, finish_reason: str = "STOP") -> Reply:
@@ -156,6 +166,8 @@ class RecordedRequest:
     received_at: float
     answered_at: float | None = None
     status: int | None = None
+    vertex_ai: bool = False
+    authorization: str | None = None
     parts: list[RequestPart] = field(default_factory=list)
 
     @property
@@ -430,8 +442,20 @@ class GeminiStub:
     # --- HTTP -----------------------------------------------------------------
 
     def _app(self) -> Starlette:
+        # Vertex AI's paths (what the SDK sends with GOOGLE_GENAI_USE_VERTEXAI=true) answer
+        # the same way; `RecordedRequest.vertex_ai` tells them apart.
         return Starlette(
-            routes=[Route("/{version}/models/{target}", self._handle, methods=["POST"])]
+            routes=[
+                Route("/{version}/models/{target}", self._handle, methods=["POST"]),
+                Route(
+                    "/{version}/publishers/google/models/{target}", self._handle, methods=["POST"]
+                ),
+                Route(
+                    "/{version}/projects/{project}/locations/{location}/publishers/google/models/{target}",
+                    self._handle,
+                    methods=["POST"],
+                ),
+            ]
         )
 
     async def _handle(self, request: Request) -> Response:
@@ -448,6 +472,8 @@ class GeminiStub:
             api_key=request.headers.get("x-goog-api-key"),
             body=body if isinstance(body, dict) else {},
             received_at=time.monotonic(),
+            vertex_ai="/publishers/" in request.url.path,
+            authorization=request.headers.get("authorization"),
         )
         if self.record:
             self.requests.append(recorded)
@@ -533,10 +559,17 @@ class GeminiStub:
                 {"promptFeedback": feedback, "usageMetadata": usage, "modelVersion": model}
             ).encode()
         key = (model, ratio, reply.images, reply.text)
-        plain = reply.finish_reason == "STOP" and reply.finish_message is None
+        plain = (
+            reply.finish_reason == "STOP" and reply.finish_message is None and not reply.thoughts
+        )
         if plain and key in self._bodies:
             return self._bodies[key]
         parts: list[dict[str, Any]] = []
+        if reply.thoughts:
+            parts.append({"text": "Sketching the composition first.", "thought": True})
+        for index in range(reply.thoughts):
+            draft = {"mimeType": "image/png", "data": self._image(ratio, len(_PALETTE) - 1 - index)}
+            parts.append({"inlineData": draft, "thought": True})
         if reply.text is not None:
             parts.append({"text": reply.text})
         for index in range(reply.images):

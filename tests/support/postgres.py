@@ -6,7 +6,9 @@ import asyncio
 import os
 import uuid
 
-ADMIN_URL = os.environ.get("IMAGEGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ADMIN_URL = os.environ.get(
+    "IMAGEGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 class PostgresUnavailable(Exception):

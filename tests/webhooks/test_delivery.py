@@ -110,9 +110,11 @@ def test_500_three_times_then_200_is_delivered_once_more_and_stops(api: Api) -> 
         assert len({r.headers["webhook-id"] for r in received[:4]}) == 1  # stable across retries
         # The receiver sees the request a moment before the server records the answer.
         history = wait_until(
-            lambda: (h := api.http.get(f"{ENDPOINT}/{task_id}/webhooks").json()["data"])
-            and all(m["state"] == "delivered" for m in h)
-            and h,
+            lambda: (
+                (h := api.http.get(f"{ENDPOINT}/{task_id}/webhooks").json()["data"])
+                and all(m["state"] == "delivered" for m in h)
+                and h
+            ),
             10,
             message="both messages recorded as delivered",
         )

@@ -43,7 +43,11 @@ def encode_references(references: list[Any] | tuple[Any, ...] | None) -> list[st
 
 def _encode_file(path: Path) -> str:
     if not path.is_file():
-        raise FileNotFoundError(f"reference image {str(path)!r} is not a file")
+        shown = str(path) if len(str(path)) <= 120 else str(path)[:117] + "..."
+        raise FileNotFoundError(
+            f"reference image {shown!r} is not a file (pass image data as bytes, "
+            "and URLs with their http(s):// or data: prefix)"
+        )
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 

@@ -59,8 +59,10 @@ class Client(BaseClient):
     ) -> None:
         super().__init__(api_key, base_url)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(
-            timeout=timeout, headers={"user-agent": USER_AGENT}
+        self._http = (
+            http_client
+            if http_client is not None
+            else httpx.Client(timeout=timeout, headers={"user-agent": USER_AGENT})
         )
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -176,6 +176,13 @@ class GeminiEngine:
         self._api_key = (
             api_key if api_key is not None else (None if self._vertex_ai else _env_api_key())
         )
+        # The SDK may still pick a key up from the environment (Vertex AI express mode), so
+        # every key in sight is scrubbed from messages, not only the one passed here.
+        self._secrets = [
+            key
+            for key in {api_key, os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_API_KEY")}
+            if key
+        ]
         self._response_modalities = list(response_modalities)
         self._timeout = timeout_seconds
         self._deadline = deadline_seconds
@@ -243,6 +250,10 @@ class GeminiEngine:
             # httpx pools allow 100 connections by default, which would quietly cap the calls
             # in flight below gemini_max_in_flight.
             async_client_args={"limits": self._pool_limits(-(-self.concurrency // pools))},
+            # One attempt per call: the engine owns retries. Without this, the SDK's aiohttp
+            # transport (used when aiohttp is installed) retries a failed connection once on
+            # its own after sleeping 1 to 10 s.
+            retry_options=types.HttpRetryOptions(attempts=1),
         )
         try:
             self._clients = [
@@ -323,7 +334,7 @@ class GeminiEngine:
             if last.rate_limited:
                 self._pause_for_rate_limit(last)
                 continue
-            if last.retry_delay is not None:
+            if last.retry_delay:
                 wait = last.retry_delay
             else:
                 ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
@@ -421,7 +432,7 @@ class GeminiEngine:
     def _pause_for_rate_limit(self, reason: _Transient) -> None:
         """A 429 holds back every call of this engine, not just the one that got it."""
         self._rate_limit_streak += 1
-        if reason.retry_delay is not None:
+        if reason.retry_delay:
             pause = reason.retry_delay
         else:
             pause = min(self._backoff_max, self._backoff_base * 2 ** (self._rate_limit_streak - 1))
@@ -491,8 +502,8 @@ class GeminiEngine:
         raise EngineError(self._redact(_no_image_message(finish_reason, finish_message, text)))
 
     def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "[redacted]")
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
         return text
 
 
