@@ -124,7 +124,7 @@ class AsyncClient(BaseClient):
         aspect_ratio: str | None = None,
         seed: int | None = None,
         wait: bool = True,
-        timeout: float = DEFAULT_WAIT_TIMEOUT,  # noqa: ASYNC109 (as Client.generate)
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
         download: bool = True,
         on_update: OnUpdate | None = None,
         **extras: Any,
@@ -150,7 +150,7 @@ class AsyncClient(BaseClient):
     async def wait(
         self,
         task_id: str,
-        timeout: float = DEFAULT_WAIT_TIMEOUT,  # noqa: ASYNC109 (as Client.wait)
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
         *,
         on_update: OnUpdate | None = None,
     ) -> Task:

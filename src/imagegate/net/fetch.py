@@ -92,7 +92,7 @@ class _PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -119,7 +119,7 @@ class _PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self,
         path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("imagegate's outbound client does not use unix sockets")
@@ -424,7 +424,7 @@ async def fetch_image_bytes(
     url: str,
     *,
     max_bytes: int,
-    timeout: float,  # noqa: ASYNC109 (enforced with asyncio.timeout around the whole fetch)
+    timeout: float,
     allow_private: bool,
     max_redirects: int = 3,
     resolver: Resolver | None = None,
@@ -466,7 +466,7 @@ async def post_json_guarded(
     body: bytes,
     headers: Mapping[str, str],
     *,
-    timeout: float,  # noqa: ASYNC109 (enforced with asyncio.timeout around the whole exchange)
+    timeout: float,
     allow_private: bool,
     resolver: Resolver | None = None,
     client: GuardedClient | None = None,

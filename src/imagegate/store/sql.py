@@ -147,7 +147,11 @@ class SqlStore:
             try:
                 conn = await asyncpg.connect(dsn, server_settings=settings)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+
+                def on_lost(_conn: Any, event: asyncio.Event = lost) -> None:
+                    event.set()
+
+                conn.add_termination_listener(on_lost)
 
                 def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
                     kind, _, task_id = payload.partition(":")
