@@ -77,6 +77,20 @@ class RequestIdMiddleware:
             await send({"type": "http.response.body", "body": body})
 
 
+OPENAI_PREFIX = "/v1/images/"
+
+
+def error_body(path: str, status: int, message: str) -> bytes:
+    """An error in the shape the route's clients expect: OpenAI's under /v1/images/, the
+    spec's `{"message"}` everywhere else. For refusals made before any route runs."""
+    if path.startswith(OPENAI_PREFIX):
+        kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+        return json.dumps(
+            {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+        ).encode()
+    return json.dumps({"message": message}).encode()
+
+
 class BodySizeLimitMiddleware:
     """413 before reading a body whose Content-Length is over the limit, or as soon as a
     streamed body passes it, so a huge upload costs no more than the limit in memory."""
@@ -85,12 +99,12 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "message": f"Request body is larger than the limit of {self.max_bytes:,} bytes (IMAGEGATE_MAX_BODY_BYTES)"
-            }
-        ).encode()
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        body = error_body(
+            scope["path"],
+            413,
+            f"Request body is larger than the limit of {self.max_bytes:,} bytes (IMAGEGATE_MAX_BODY_BYTES)",
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -114,7 +128,7 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await self._reject(send)
+                    await self._reject(scope, send)
                     return
                 break
         received = 0
@@ -141,10 +155,10 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(scope, send)
         except Exception:
             if too_large and not started:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
             raise
 

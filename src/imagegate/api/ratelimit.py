@@ -8,12 +8,13 @@ limited per client address, so floods of unauthenticated requests are limited to
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections import OrderedDict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagegate.api.middleware import error_body
 
 MAX_BUCKETS = 100_000
 
@@ -91,11 +92,12 @@ class RateLimitMiddleware:
         ]
         if not allowed:
             retry_after = max(1, math.ceil(bucket.seconds_until_one()))
-            body = json.dumps(
-                {
-                    "message": f"Rate limit exceeded: {self.limit_header.decode()} requests per minute. Retry in {retry_after} s."
-                }
-            ).encode()
+            body = error_body(
+                scope["path"],
+                429,
+                f"Rate limit exceeded: {self.limit_header.decode()} requests per minute. "
+                f"Retry in {retry_after} s.",
+            )
             await send(
                 {
                     "type": "http.response.start",

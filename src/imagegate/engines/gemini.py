@@ -462,7 +462,8 @@ class GeminiEngine:
         if last is None:
             text = f"Gemini did not answer within {waited} s. Try again later."
         else:
-            text = f"Gemini kept {last.doing} for {waited} s: {_sentence(last.detail)} Try again later."
+            detail = _sentence(last.detail)
+            text = f"Gemini kept {last.doing} for {waited} s: {detail} Try again later."
         return EngineError(self._redact(text), retryable=False)
 
     # --- answers --------------------------------------------------------------------
