@@ -19,7 +19,12 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 task_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Attributes every record has, plus uvicorn's terminal-colour copy of its message.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class ContextFilter(logging.Filter):
