@@ -8,8 +8,6 @@ the outbox), posts them through the outbound guard, and records each attempt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import random
 import time
@@ -22,6 +20,7 @@ from imagegate.store import Store
 from imagegate.store.base import OutboxMessage
 from imagegate.webhooks.secrets import SecretBook
 from imagegate.webhooks.signing import webhook_headers
+from imagegate.worker.loop import WakeableLoop
 
 log = logging.getLogger("imagegate.webhooks")
 
@@ -48,23 +47,20 @@ class WebhookDispatcher:
         self.settings = settings
         self.worker_id = worker_id
         self.delays = settings.webhook_retry_delays
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._loop = WakeableLoop(
+            self._claim, settings.poll_interval_seconds, "claiming webhook messages"
+        )
         self._running: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
         self._client = make_client()
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop(), name="imagegate-webhooks")
+        self._loop.start()
 
     def notify(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     async def stop(self, grace: float) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._loop_task:
-            await self._loop_task
+        await self._loop.stop()
         if self._running:
             # Unfinished deliveries keep their lease and are retried when it expires.
             await asyncio.wait(self._running, timeout=grace)
@@ -72,30 +68,22 @@ class WebhookDispatcher:
                 task.cancel()
         await self._client.aclose()
 
-    async def _loop(self) -> None:
+    async def _claim(self) -> None:
+        free = self.settings.webhook_concurrency - len(self._running)
+        if free <= 0:
+            return
+        # The lease outlasts one attempt's timeout, so a live delivery is never taken over.
         lease = self.settings.webhook_timeout_seconds * 3
-        while not self._stopping.is_set():
-            self._wake.clear()
-            free = self.settings.webhook_concurrency - len(self._running)
-            if free > 0:
-                try:
-                    messages = await self.store.claim_webhooks(self.worker_id, lease, free)
-                except Exception:
-                    log.exception("claiming webhook messages failed; retrying")
-                    messages = []
-                for message in messages:
-                    task = asyncio.create_task(self._deliver(message))
-                    self._running.add(task)
-                    task.add_done_callback(functools.partial(self._done))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.poll_interval_seconds):
-                    await self._wake.wait()
+        for message in await self.store.claim_webhooks(self.worker_id, lease, free):
+            task = asyncio.create_task(self._deliver(message))
+            self._running.add(task)
+            task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery crashed", exc_info=task.exception())
-        self._wake.set()  # a slot is free, and the task's next message may now be due
+        self._loop.wake()  # a slot is free, and the task's next message may now be due
 
     def next_delay(self, attempts: int, retry_after: float | None) -> float | None:
         """Seconds until the next attempt after `attempts` tries, or None when they are used up."""

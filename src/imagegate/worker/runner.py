@@ -8,7 +8,6 @@ fallback poll picks up expired leases and delayed retries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -27,6 +26,7 @@ from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
 from imagegate.store import Store
 from imagegate.tasks.model import GeneratedImage, Task
+from imagegate.worker.loop import WakeableLoop
 
 log = logging.getLogger("imagegate.worker")
 
@@ -59,27 +59,22 @@ class Worker:
         # Called after every status change, so the webhook dispatcher looks at the outbox now.
         self.on_change = on_change
         self.concurrency = settings.worker_concurrency or engine.concurrency
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._loop = WakeableLoop(self._claim, settings.poll_interval_seconds, "claiming tasks")
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._loop_task: asyncio.Task[None] | None = None
         # One pooled client for reference-image fetches of every task this worker runs.
         self.http = make_client()
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._claim_loop(), name="imagegate-claim-loop")
+        self._loop.start()
 
     def notify(self) -> None:
         """A task was created: claim it now rather than at the next poll."""
-        self._wake.set()
+        self._loop.wake()
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, let running tasks finish for `grace` seconds, give the rest back."""
-        self._stopping.set()
-        self._wake.set()
-        if self._loop_task:
-            await self._loop_task
+        await self._loop.stop()
         running = list(self._running.values())
         if running:
             log.info("draining %d running task(s) for up to %.0f s", len(running), grace)
@@ -95,27 +90,19 @@ class Worker:
         return len(self._running)
 
     # --- claiming ------------------------------------------------------------------------
-    async def _claim_loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                while len(self._running) < self.concurrency and not self._stopping.is_set():
-                    task = await self.store.claim_task(self.worker_id, self.settings.lease_seconds)
-                    if task is None:
-                        break
-                    self.on_change(task.id)
-                    runner = asyncio.create_task(self._run(task), name=f"task-{task.id}")
-                    self._running[task.id] = runner
-                    runner.add_done_callback(functools.partial(self._finished, task.id))
-            except Exception:
-                log.exception("claiming tasks failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.poll_interval_seconds):
-                    await self._wake.wait()
+    async def _claim(self) -> None:
+        while len(self._running) < self.concurrency and not self._loop.stopping:
+            task = await self.store.claim_task(self.worker_id, self.settings.lease_seconds)
+            if task is None:
+                return
+            self.on_change(task.id)
+            runner = asyncio.create_task(self._run(task), name=f"task-{task.id}")
+            self._running[task.id] = runner
+            runner.add_done_callback(functools.partial(self._finished, task.id))
 
     def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self._running.pop(task_id, None)
-        self._wake.set()  # a slot is free
+        self._loop.wake()  # a slot is free
 
     # --- running one task -----------------------------------------------------------------
     async def _run(self, task: Task) -> None:
@@ -138,7 +125,7 @@ class Worker:
         try:
             await self._attempt(task)
         except asyncio.CancelledError:
-            if self._stopping.is_set():
+            if self._loop.stopping:
                 # Shutdown: hand the task back without counting this attempt.
                 await asyncio.shield(self.store.release_task(task.id, self.worker_id))
                 log.info("task %s released for another worker", task.id)
