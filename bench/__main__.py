@@ -61,8 +61,14 @@ def _benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:
     seconds = args.seconds or (4.0 if args.quick else 10.0)
     return {
         "create": lambda: create_throughput.run(seconds=seconds, profile=args.profile),
-        "pickup": lambda: pickup_latency.run(tasks=300 if args.quick else 1000),
-        "references": lambda: references.run(seconds=seconds),
+        "pickup": lambda: pickup_latency.run(
+            tasks=args.tasks or (300 if args.quick else pickup_latency.TASKS),
+            rate=args.rate,
+            profile=args.profile,
+        ),
+        "references": lambda: references.run(
+            seconds=args.seconds or (6.0 if args.quick else 15.0), profile=args.profile
+        ),
         "gemini": lambda: gemini(args.quick),
     }
 
@@ -91,7 +97,13 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer tasks")
     parser.add_argument("--seconds", type=float, help="seconds per load run (default 10)")
-    parser.add_argument("--profile", type=Path, help="py-spy the server (create) into this dir")
+    parser.add_argument("--tasks", type=int, help="pickup: tasks to submit (default 1000)")
+    parser.add_argument(
+        "--rate", type=float, default=pickup_latency.RATE, help="pickup: POSTs per second"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the server under load; raw stacks go in this dir"
+    )
     parser.add_argument("--json", help="also write the rows as JSON here")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
     args = parser.parse_args()

@@ -2,9 +2,9 @@
 
 One process runs the Gemini engine the way a worker does (N tasks at once, each awaiting
 `engine.generate`) against the Gemini stub, which runs in another process and answers every
-call after `--latency` seconds with a ~1.5 MB PNG of noise (real answers are photos that do
-not compress). With a perfect client, throughput is in-flight / latency; the table shows how
-close the engine gets, and what it costs in memory.
+call after `--latency` seconds with a ~1.5 MB PNG of noise (real answers are photos, which do
+not compress either). A perfect client would finish in-flight / latency tasks per second;
+the table shows how close the engine gets, the CPU it spends per task, and its memory.
 
     .venv/bin/python -m bench.gemini_inflight --inflight 50,200,500
 
@@ -18,13 +18,27 @@ import asyncio
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from tests.support.gemini_stub import GeminiStub, noise_png
 
 from imagegate.engines.base import EngineRequest
 from imagegate.engines.gemini import GeminiEngine
-from tests.support.gemini_stub import GeminiStub, noise_png
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+HEADERS = [
+    "in-flight",
+    "tasks",
+    "seconds",
+    "tasks/s",
+    "ideal tasks/s",
+    "ratio",
+    "peak RSS MB",
+    "stub saw",
+    "CPU ms/task",
+    "failed",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,23 +63,9 @@ class LevelResult:
             f"{rate / ideal:.2f}",
             f"{self.peak_rss_mb:.0f}",
             str(self.stub_peak),
-            f"{100 * self.cpu_seconds / self.seconds:.0f}%",
+            f"{1000 * self.cpu_seconds / self.tasks:.1f}",
             str(self.failures),
         ]
-
-
-HEADERS = [
-    "in-flight",
-    "tasks",
-    "seconds",
-    "tasks/s",
-    "ideal tasks/s",
-    "ratio",
-    "peak RSS MB",
-    "stub peak",
-    "engine CPU",
-    "failed",
-]
 
 
 def rss_mb() -> float:
@@ -82,7 +82,9 @@ async def sample_peak_rss(peak: list[float], stop: asyncio.Event) -> None:
             pass
 
 
-async def run_level(url: str, in_flight: int, tasks: int, stub_stats: object) -> LevelResult:
+async def run_level(
+    url: str, in_flight: int, tasks: int, stub_stats: Callable[[], dict[str, float]]
+) -> LevelResult:
     engine = GeminiEngine(
         base_url=url,
         api_key="bench-key",
@@ -97,7 +99,7 @@ async def run_level(url: str, in_flight: int, tasks: int, stub_stats: object) ->
     failures = 0
 
     async def worker_slot() -> None:
-        # A worker runs `engine.concurrency` tasks at once, each taking the next queued one.
+        # A worker runs `engine.concurrency` tasks at once, each slot taking the next task.
         nonlocal failures
         while True:
             try:
@@ -121,13 +123,12 @@ async def run_level(url: str, in_flight: int, tasks: int, stub_stats: object) ->
     stop.set()
     await sampler
     await engine.close()
-    stats = stub_stats() if callable(stub_stats) else {}
     return LevelResult(
         in_flight=in_flight,
         tasks=tasks,
         seconds=seconds,
         cpu_seconds=cpu_seconds,
-        stub_peak=int(stats.get("peak_in_flight", 0)),
+        stub_peak=int(stub_stats()["peak_in_flight"]),
         peak_rss_mb=peak[0],
         failures=failures,
     )
@@ -135,15 +136,14 @@ async def run_level(url: str, in_flight: int, tasks: int, stub_stats: object) ->
 
 def print_table(rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(len(HEADERS))]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)) + " |"
-    print(line)
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="Gemini engine throughput against a stub.")
     parser.add_argument("--inflight", default="50,200,500", help="comma-separated levels")
     parser.add_argument("--tasks", type=int, default=0, help="tasks per level (default 2x)")
     parser.add_argument("--latency", type=float, default=2.0, help="stub answer delay, seconds")
@@ -154,19 +154,25 @@ def main() -> None:
     image = noise_png(args.image_mb)
     print(
         f"stub: {args.latency} s latency, {len(image) / 1e6:.2f} MB PNG per answer; "
-        f"{os.cpu_count()} CPUs; engine pid {os.getpid()}"
+        f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}"
     )
     rows: list[list[str]] = []
     with GeminiStub.in_subprocess(delay=args.latency, image_bytes=image) as stub:
+        stub_cpu_started = stub.stats()["cpu_seconds"]
         for level in levels:
             stub.reset_peak()
             tasks = args.tasks or 2 * level
             result = asyncio.run(run_level(stub.url, level, tasks, stub.stats))
             rows.append(result.row(args.latency))
             print(f"  {level} in flight: {result.seconds:.2f} s", flush=True)
+        stub_cpu = stub.stats()["cpu_seconds"] - stub_cpu_started
     print()
     print_table(rows)
-    print(f"\nmax RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB")
+    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    print(
+        f"\nstub process CPU: {stub_cpu:.1f} s in all; max RSS of the engine process: "
+        f"{max_rss_mb:.0f} MB; load average after: {os.getloadavg()[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from tests.support.server import free_port, wait_until
 
-from bench.processes import API_KEY, ImagegateTarget, imagegate, task_times
+from bench.processes import API_KEY, ImagegateTarget, cpu_seconds, imagegate, py_spy, task_times
 from bench.report import Row, at_most
 
 TASKS = 1000
@@ -36,6 +37,7 @@ RATE = 50.0
 TARGET_STARTED_MS = 10.0
 TARGET_COMPLETED_MS = 30.0
 TARGET_WEBHOOK_MS = 50.0
+DRAIN_SECONDS = 120.0
 
 
 @dataclass
@@ -125,34 +127,56 @@ async def _submit(
     return sent
 
 
-def _percentile(values: list[float], fraction: float) -> float:
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def run(*, tasks: int = TASKS, rate: float = RATE) -> list[Row]:
+def run(*, tasks: int = TASKS, rate: float = RATE, profile: Path | None = None) -> list[Row]:
     print(f"pick-up latency: {tasks} tasks at {rate:g}/s, each with a webhook", flush=True)
     with WebhookReceiver() as receiver, imagegate(worker=True) as target:
-        sent = asyncio.run(_submit(target, receiver.url, tasks, rate))
+        cpu_before = cpu_seconds(target.pid)
+        with py_spy(target.pid, profile / "pickup.txt" if profile else None, tasks / rate):
+            sent = asyncio.run(_submit(target, receiver.url, tasks, rate))
 
-        def finished() -> bool:
+        def unfinished() -> int:
             done = {row[0] for row in task_times(target.db_path) if row[4] is not None}
             hooks = {tid for tid, status in receiver.arrivals if status == "COMPLETED"}
-            return set(sent) <= done and set(sent) <= hooks
+            return len(set(sent) - (done & hooks))
 
-        wait_until(finished, 60, interval=0.2, message="all tasks and webhooks")
+        try:
+            wait_until(lambda: unfinished() == 0, DRAIN_SECONDS, interval=0.2, message="tasks")
+        except AssertionError:
+            pass  # reported below: the figures then cover only what finished
+        left = unfinished()
         times = {row[0]: row for row in task_times(target.db_path) if row[0] in sent}
+        cpu_ms = 1e3 * (cpu_seconds(target.pid) - cpu_before) / len(sent)
 
     statuses = Counter(row[1] for row in times.values())
     to_started = [1e3 * (row[3] - row[2]) for row in times.values() if row[3] is not None]
     to_finished = [1e3 * (row[4] - row[2]) for row in times.values() if row[4] is not None]
-    to_hook = [1e3 * (receiver.arrivals[(tid, "COMPLETED")] - at) for tid, at in sent.items()]
+    to_hook = [
+        1e3 * (receiver.arrivals[(tid, "COMPLETED")] - at)
+        for tid, at in sent.items()
+        if (tid, "COMPLETED") in receiver.arrivals
+    ]
     to_first_hook = [
         1e3 * (receiver.arrivals[(tid, "IN_PROGRESS")] - at)
         for tid, at in sent.items()
         if (tid, "IN_PROGRESS") in receiver.arrivals
     ]
     setup = f"{tasks} tasks POSTed at {rate:g}/s (open loop), offline engine, zero delay"
+    if left:
+        setup += (
+            f"; {left} tasks or their webhooks NOT FINISHED {DRAIN_SECONDS:g} s after the last "
+            "POST (figures cover the finished ones only)"
+        )
+
+    def within(values: list[float], ceiling: float) -> bool | None:
+        return False if left else at_most(_percentile(values, 0.5), ceiling)
+
     rows = [
         Row(
             "pickup",
@@ -160,8 +184,9 @@ def run(*, tasks: int = TASKS, rate: float = RATE) -> list[Row]:
             _percentile(to_started, 0.5),
             unit="ms",
             target=f"≤ {TARGET_STARTED_MS:g} ms",
-            passed=at_most(_percentile(to_started, 0.5), TARGET_STARTED_MS),
-            note=f"{setup}; server clock: started_at - created_at; statuses {dict(statuses)}",
+            passed=within(to_started, TARGET_STARTED_MS),
+            note=f"{setup}; server clock: started_at - created_at; statuses {dict(statuses)}; "
+            f"server CPU {cpu_ms:.1f} ms per task (all threads)",
         ),
         Row("pickup", "POST → IN_PROGRESS, p99", _percentile(to_started, 0.99), unit="ms"),
         Row(
@@ -170,7 +195,7 @@ def run(*, tasks: int = TASKS, rate: float = RATE) -> list[Row]:
             _percentile(to_finished, 0.5),
             unit="ms",
             target=f"≤ {TARGET_COMPLETED_MS:g} ms",
-            passed=at_most(_percentile(to_finished, 0.5), TARGET_COMPLETED_MS),
+            passed=within(to_finished, TARGET_COMPLETED_MS),
         ),
         Row("pickup", "POST → COMPLETED, p99", _percentile(to_finished, 0.99), unit="ms"),
         Row(
@@ -179,9 +204,10 @@ def run(*, tasks: int = TASKS, rate: float = RATE) -> list[Row]:
             _percentile(to_hook, 0.5),
             unit="ms",
             target=f"≤ {TARGET_WEBHOOK_MS:g} ms",
-            passed=at_most(_percentile(to_hook, 0.5), TARGET_WEBHOOK_MS),
+            passed=within(to_hook, TARGET_WEBHOOK_MS),
             note=f"receiver arrival - client send time; IN_PROGRESS webhook p50 "
-            f"{_percentile(to_first_hook, 0.5):.1f} ms; {receiver.duplicates} duplicate deliveries",
+            f"{_percentile(to_first_hook, 0.5) or 0:.1f} ms; {receiver.duplicates} duplicate "
+            "deliveries",
         ),
         Row(
             "pickup",

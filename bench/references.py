@@ -5,8 +5,8 @@ as base64, a ~16 MB JSON body), made once per run from a fixed seed. imagegate r
 only (`--no-worker`): the POST decodes, checks (Pillow) and stores each reference before
 answering. The baseline only validates the body and base64-decodes the three items.
 
-Memory: the server's peak RSS (VmHWM, reset just before the measured run) minus its RSS
-when idle, divided by the number of concurrent requests, against the body size.
+Memory: the server's peak RSS (VmHWM, reset when the process has started and served nothing)
+minus that starting RSS, divided by the number of concurrent requests, against the body size.
 
     .venv/bin/python -m bench references
 """
@@ -32,6 +32,7 @@ from bench.processes import (
     cpu_seconds,
     imagegate,
     peak_rss_bytes,
+    py_spy,
     reset_peak_rss,
     rss_bytes,
 )
@@ -78,14 +79,22 @@ class Measured:
 
 
 def _measure(
-    server: AbstractContextManager[Target], body: Path, seconds: float, warmup: float
+    server: AbstractContextManager[Target],
+    body: Path,
+    seconds: float,
+    warmup: float,
+    profile: Path | None = None,
 ) -> Measured:
     with server as target:
-        run_load(target.endpoint, body, API_KEY, connections=CONNECTIONS, seconds=warmup)
+        # The process as it starts, before any request: what every in-flight request adds to.
         idle = rss_bytes(target.pid)
         reset_peak_rss(target.pid)
+        run_load(target.endpoint, body, API_KEY, connections=CONNECTIONS, seconds=warmup)
         cpu_before = cpu_seconds(target.pid)
-        load = run_load(target.endpoint, body, API_KEY, connections=CONNECTIONS, seconds=seconds)
+        with py_spy(target.pid, profile, seconds):
+            load = run_load(
+                target.endpoint, body, API_KEY, connections=CONNECTIONS, seconds=seconds
+            )
         cpu = cpu_seconds(target.pid) - cpu_before
         measured = Measured(
             load=load,
@@ -101,7 +110,7 @@ def _measure(
     return measured
 
 
-def run(*, seconds: float = 10.0, warmup: float = 3.0) -> list[Row]:
+def run(*, seconds: float = 15.0, warmup: float = 3.0, profile: Path | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
         body = Path(tmp) / "body.json"
         body_bytes, image_bytes = make_body(body)
@@ -111,7 +120,13 @@ def run(*, seconds: float = 10.0, warmup: float = 3.0) -> list[Row]:
             flush=True,
         )
         base = _measure(baseline(), body, seconds, warmup)
-        ours = _measure(imagegate(worker=False), body, seconds, warmup)
+        ours = _measure(
+            imagegate(worker=False),
+            body,
+            seconds,
+            warmup,
+            profile / "references.txt" if profile else None,
+        )
 
     ratio = ours.load.ok_rps / base.load.ok_rps if base.load.ok_rps else None
     rss_limit = MAX_RSS_PER_BODY * body_bytes
@@ -147,7 +162,7 @@ def run(*, seconds: float = 10.0, warmup: float = 3.0) -> list[Row]:
             unit="MB",
             target=f"≤ {MAX_RSS_PER_BODY:g} x body = {rss_limit / MB:.0f} MB",
             passed=at_most(ours.rss_per_request, rss_limit),
-            note=f"(VmHWM during the run - VmRSS idle) / {CONNECTIONS}; imagegate idle "
+            note=f"(VmHWM over warm-up and run - VmRSS at start) / {CONNECTIONS}; imagegate idle "
             f"{ours.idle_rss / MB:.0f} MB, peak {ours.peak_rss / MB:.0f} MB; baseline idle "
             f"{base.idle_rss / MB:.0f} MB, peak {base.peak_rss / MB:.0f} MB",
         ),
