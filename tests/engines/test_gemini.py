@@ -17,6 +17,7 @@ from imagegate.engines.base import EngineError, EngineRequest, InputImage
 from imagegate.engines.gemini import GeminiEngine, parse_retry_delay
 from imagegate.settings import Settings
 from tests.support.gemini_stub import GeminiStub, Reply, draw_png
+from tests.support.server import wait_until
 
 API_KEY = "AIzaSy-imagegate-test-key-do-not-leak-7f3a"
 MODEL = "gemini-2.5-flash-image"
@@ -240,8 +241,8 @@ async def test_rate_limit_honours_retry_delay(stub: GeminiStub, make_engine: Eng
     assert first.status == 429 and second.status == 200
     assert first.answered_at is not None
     waited = second.received_at - first.answered_at
-    # 0.2 s from Google, up to 10 % spread, plus scheduling slack.
-    assert 0.2 <= waited < 0.5
+    # 0.2 s from Google, up to 10 % spread, plus slack for a busy machine.
+    assert 0.2 <= waited < 0.7
 
 
 async def test_rate_limit_pauses_every_call_of_the_engine(
@@ -251,7 +252,9 @@ async def test_rate_limit_pauses_every_call_of_the_engine(
     stub.script(Reply.error(429, message="Quota exceeded.", retry_delay="0.3s"))
 
     first = asyncio.create_task(engine.generate(EngineRequest(prompt="first")))
-    await asyncio.to_thread(stub.wait_for_requests, 1)
+    # The stub counts a request answered before the engine has read the 429: wait for the
+    # engine itself to be paused.
+    await asyncio.to_thread(wait_until, lambda: engine.rate_limited_for > 0, 5.0, 0.002)
     others = [engine.generate(EngineRequest(prompt=f"other {i}")) for i in range(5)]
     results = await asyncio.gather(first, *others)
 
@@ -290,7 +293,7 @@ async def test_overload_until_the_deadline_fails_with_the_last_reason(
     assert not caught.value.retryable
     assert caught.value.message.startswith("Gemini kept answering 503 UNAVAILABLE for ")
     assert "The model is overloaded" in caught.value.message
-    assert elapsed < 1.0
+    assert elapsed < 1.5
     assert len(stub.requests) >= 3
 
 
@@ -307,7 +310,7 @@ async def test_timeouts_are_retried_until_the_deadline(
     elapsed = time.monotonic() - started
     assert not caught.value.retryable
     assert "kept timing out" in caught.value.message
-    assert 0.5 <= elapsed < 1.2
+    assert 0.5 <= elapsed < 1.5
     assert len(stub.requests) >= 3
 
 
@@ -503,7 +506,7 @@ def test_retry_delay_parsing() -> None:
 async def test_hundreds_of_concurrent_calls_share_one_bounded_pool(
     stub: GeminiStub, make_engine: EngineFactory
 ) -> None:
-    stub.delay = 0.5
+    stub.delay = 1.0
     # Above httpx's default pool of 100 connections, which must not cap it.
     engine = make_engine(max_in_flight=150)
     await engine.start()

@@ -267,7 +267,9 @@ def error_body(
                 "@type": "type.googleapis.com/google.rpc.QuotaFailure",
                 "violations": [
                     {
-                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                        "quotaMetric": (
+                            "generativelanguage.googleapis.com/generate_content_requests"
+                        ),
                         "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
                     }
                 ],
@@ -451,7 +453,8 @@ class GeminiStub:
                     "/{version}/publishers/google/models/{target}", self._handle, methods=["POST"]
                 ),
                 Route(
-                    "/{version}/projects/{project}/locations/{location}/publishers/google/models/{target}",
+                    "/{version}/projects/{project}/locations/{location}"
+                    "/publishers/google/models/{target}",
                     self._handle,
                     methods=["POST"],
                 ),

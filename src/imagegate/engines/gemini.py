@@ -171,8 +171,8 @@ class GeminiEngine:
         self._base_url = base_url.rstrip("/") if base_url else None
         self._api_version = api_version
         self._vertex_ai = _vertex_ai_enabled() and api_key is None
-        # With Vertex AI the SDK authenticates with Application Default Credentials; an API
-        # key from the environment would switch it to express mode instead.
+        # With Vertex AI the SDK's own environment rules choose between a project (Application
+        # Default Credentials) and express mode (a key); passing a key would force the latter.
         self._api_key = (
             api_key if api_key is not None else (None if self._vertex_ai else _env_api_key())
         )
@@ -215,6 +215,11 @@ class GeminiEngine:
     def model(self) -> str:
         """The model calls go to now (the configured one, or the fallback that replaced it)."""
         return self._models[self._model_index]
+
+    @property
+    def rate_limited_for(self) -> float:
+        """Seconds left of the pause a 429 imposed on every call of this engine (0 if none)."""
+        return max(0.0, self._paused_until - time.monotonic())
 
     def describe(self) -> str:
         where = self._base_url or GOOGLE_AI_BASE_URL
@@ -293,13 +298,12 @@ class GeminiEngine:
             model = self._models[model_index]
             async with self._slots:
                 remaining = deadline - time.monotonic()
+                attempt_timeout = min(self._timeout, remaining)
                 if remaining <= 0:
                     raise self._gave_up(last or self._pause_reason, started)
                 attempt_config = config.model_copy(
                     update={
-                        "http_options": types.HttpOptions(
-                            timeout=self._timeout_ms(min(self._timeout, remaining))
-                        )
+                        "http_options": types.HttpOptions(timeout=self._timeout_ms(attempt_timeout))
                     }
                 )
                 load = self._client_load
@@ -317,7 +321,12 @@ class GeminiEngine:
                         raise self._rejected(exc, model) from None
                     last = self._transient_api_error(exc)
                 except _TRANSPORT_ERRORS as exc:
-                    last = self._transient_transport_error(exc, min(self._timeout, remaining))
+                    reason = self._transient_transport_error(exc, attempt_timeout)
+                    if attempt_timeout < self._timeout and isinstance(exc, _TIMEOUT_ERRORS):
+                        # The deadline cut this attempt short, not a slow Gemini: the reason
+                        # worth reporting is the one that made the engine retry until now.
+                        raise self._gave_up(last or reason, started) from None
+                    last = reason
                 else:
                     self._rate_limit_streak = 0
                     return self._result(response, model)
