@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         3, description="Attempts per task (lease expiries and transient errors) before FAILED."
     )
     task_timeout_seconds: float = Field(
-        300.0, description="Deadline of one attempt; past it the attempt fails."
+        900.0, description="Deadline of one attempt; past it the attempt fails."
     )
     shutdown_grace_seconds: float = Field(
         20.0,
