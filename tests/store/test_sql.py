@@ -134,3 +134,31 @@ async def test_queue_stats(store: SqlStore) -> None:
     stats = await store.queue_stats()
     assert stats.queued == 2 and stats.running == 1
     assert stats.oldest_queued_age >= 0
+
+
+async def test_concurrent_writes_commit_together_and_a_failing_one_stays_alone(
+    store: SqlStore,
+) -> None:
+    from imagegate.store.base import Idempotency, IdempotencyKeyTaken
+
+    batch = [new_task() for _ in range(60)]
+    twin = new_task()
+    outcomes = await asyncio.gather(
+        *(
+            store.create_task(t, Idempotency("same-key", "h", t.id))
+            if i in (10, 11)
+            else store.create_task(t)
+            for i, t in enumerate([*batch, twin])
+        ),
+        return_exceptions=True,
+    )
+    taken = [o for o in outcomes if isinstance(o, IdempotencyKeyTaken)]
+    assert len(taken) == 1  # the second use of the key, and only it, failed
+    assert all(o is None for o in outcomes if not isinstance(o, IdempotencyKeyTaken))
+    if store._writer is not None:  # SQLite: the 61 writes shared a few commits
+        assert store._writer.commits < 20, store._writer.commits
+    failed_index = outcomes.index(taken[0])
+    everyone = [*batch, twin]
+    for i, task in enumerate(everyone):
+        found = await store.get_task(task.id)
+        assert (found is None) == (i == failed_index), i

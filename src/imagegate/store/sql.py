@@ -13,6 +13,8 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,7 @@ class SqlStore:
         self.is_sqlite = self.url.startswith("sqlite")
         self._engine: AsyncEngine | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._writer: SqliteWriter | None = None
 
     # --- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -113,6 +116,8 @@ class SqlStore:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(self.url, connect_args={"timeout": 30})
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+            self._writer = SqliteWriter(engine)
         else:
             connect_args: dict[str, Any] = {}
             if self.search_path:
@@ -176,7 +181,15 @@ class SqlStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
+    def _transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction: on SQLite one slot in a group commit, elsewhere its own."""
+        if self._writer is not None:
+            return self._writer.transaction()
+        return self.engine.begin()
+
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.flush()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -203,7 +216,7 @@ class SqlStore:
         key = ApiKey(
             id="key_" + secrets.token_hex(8), name=name, prefix=prefix, created_at=time.time()
         )
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             await conn.execute(
                 insert(api_keys).values(
                     id=key.id,
@@ -237,7 +250,7 @@ class SqlStore:
 
     async def rotate_webhook_secret(self, name: str, new_secret: str, grace_seconds: float) -> bool:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             result = await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
@@ -266,7 +279,7 @@ class SqlStore:
         return [_key_from_row(r) for r in rows]
 
     async def revoke_key(self, name: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             result = await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
@@ -290,7 +303,7 @@ class SqlStore:
             raise
 
     async def _insert_task(self, task: Task, idempotency: Idempotency | None) -> None:
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             if idempotency is not None:
                 # First, so a concurrent duplicate fails on the primary key before any task exists.
                 await conn.execute(
@@ -335,7 +348,7 @@ class SqlStore:
         return Idempotency(row.key, row.body_hash, row.task_id) if row else None
 
     async def forget_idempotency(self, older_than: float) -> int:
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             result = await conn.execute(
                 delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than)
             )
@@ -439,7 +452,7 @@ class SqlStore:
             )
             .returning(*tasks.c)
         )
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             row = (await conn.execute(stmt)).first()
             if row is None:
                 return None
@@ -450,7 +463,7 @@ class SqlStore:
 
     async def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             result = await conn.execute(
                 update(tasks)
                 .where(
@@ -511,7 +524,7 @@ class SqlStore:
             )
             .returning(*tasks.c)
         )
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             row = (await conn.execute(stmt)).first()
             if row is None:
                 return False
@@ -520,7 +533,7 @@ class SqlStore:
 
     async def retry_task(self, task_id: str, worker_id: str, error: str, delay: float) -> bool:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             result = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
@@ -531,7 +544,7 @@ class SqlStore:
     async def release_task(self, task_id: str, worker_id: str) -> bool:
         """Give a running task back without counting the attempt (graceful shutdown)."""
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             result = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
@@ -546,7 +559,7 @@ class SqlStore:
 
     async def purge_tasks(self, older_than: float) -> list[Task]:
         """Delete finished tasks created before `older_than`; returns them so blobs can go too."""
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             rows = (
                 await conn.execute(
                     delete(tasks)
@@ -628,7 +641,7 @@ class SqlStore:
             )
             .returning(*webhook_outbox.c)
         )
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             rows = (await conn.execute(stmt)).all()
         return [
             OutboxMessage(
@@ -657,7 +670,7 @@ class SqlStore:
         state: str,
     ) -> None:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             row = (
                 await conn.execute(
                     update(webhook_outbox)
@@ -733,7 +746,87 @@ class SqlStore:
         ]
 
 
+class SqliteWriter:
+    """Group commit for SQLite, which has one writer at a time.
+
+    Left alone, concurrent write transactions fight over the database lock and SQLite's busy
+    handler sleeps them for up to 100 ms a try. Here writes take turns on an in-process lock
+    instead, each in its own savepoint of a shared transaction, and the transaction commits
+    as soon as nobody is waiting: the writes that queued up meanwhile share one commit (one
+    fsync). A write's caller returns only once its transaction is committed; a write that
+    fails rolls back to its savepoint and leaves the others alone.
+    """
+
+    MAX_BATCH = 128
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.lock = asyncio.Lock()  # FIFO: writers already waiting go before a queued commit
+        self._conn: AsyncConnection | None = None
+        self._tx: Any = None
+        self._committed: asyncio.Future[None] | None = None
+        self._ops = 0
+        self._commit_task: asyncio.Task[None] | None = None
+        self.commits = 0  # how many transactions carried the writes (for tests and metrics)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.lock:
+            if self._conn is None:
+                self._conn = await self.engine.connect()
+                self._tx = await self._conn.begin()
+                self._committed = asyncio.get_running_loop().create_future()
+                self._ops = 0
+            conn, committed = self._conn, self._committed
+            assert committed is not None
+            try:
+                async with conn.begin_nested():
+                    yield conn
+            finally:
+                self._ops += 1
+                if self._ops >= self.MAX_BATCH:
+                    await self._commit()
+                elif self._commit_task is None or self._commit_task.done():
+                    self._commit_task = asyncio.create_task(self._commit_when_idle())
+        await asyncio.shield(committed)
+
+    async def _commit_when_idle(self) -> None:
+        async with self.lock:
+            await self._commit()
+
+    async def _commit(self) -> None:
+        conn, tx, committed = self._conn, self._tx, self._committed
+        self._conn = self._tx = self._committed = None
+        if conn is None or committed is None:
+            return
+        self.commits += 1
+        try:
+            await tx.commit()
+        except BaseException as exc:
+            committed.set_exception(exc)
+            committed.exception()  # retrieved: waiters that left must not warn about it
+            with contextlib.suppress(Exception):
+                await tx.rollback()
+        else:
+            committed.set_result(None)
+        finally:
+            await conn.close()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            await self._commit()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # With the driver's own transaction handling off (see _sqlite_pragmas), SQLAlchemy's
+    # savepoints work; transactions then start here.
+    conn.exec_driver_sql("BEGIN")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite/aiosqlite open transactions on their own and break SAVEPOINT; SQLAlchemy's
+    # documented remedy is to turn that off and emit BEGIN ourselves (_sqlite_begin).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a task is on disk before its 200, even if the machine (not just the process) dies.

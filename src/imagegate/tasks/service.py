@@ -89,6 +89,7 @@ class TaskService:
         self.events = events or TaskEvents()
         self._queue_depth = 0
         self._queue_checked_at = -1e9
+        self._unfinished_counts: dict[str, tuple[int, float]] = {}
         self.store = store
         self.storage = storage
         self.settings = settings
@@ -159,6 +160,23 @@ class TaskService:
             )
         return await self.store.get_task(found.task_id, owner)
 
+    async def _unfinished(self, owner: str, now: float) -> int:
+        """The key's unfinished tasks: counted by the store at most once a second, and
+        counted up here for every task accepted in between. Tasks that finish in between are
+        not subtracted, so this can only over-count: it never lets a key past its cap."""
+        cached = self._unfinished_counts.get(owner)
+        if cached is None or now - cached[1] > QUEUE_CHECK_SECONDS:
+            if len(self._unfinished_counts) > 10_000:
+                self._unfinished_counts.clear()
+            cached = (await self.store.count_unfinished(owner), now)
+            self._unfinished_counts[owner] = cached
+        return cached[0]
+
+    def _count_accepted(self, owner: str) -> None:
+        cached = self._unfinished_counts.get(owner)
+        if cached is not None:
+            self._unfinished_counts[owner] = (cached[0] + 1, cached[1])
+
     async def _check_capacity(self, owner: str) -> None:
         now = time.monotonic()
         if now - self._queue_checked_at > QUEUE_CHECK_SECONDS:
@@ -166,7 +184,7 @@ class TaskService:
             self._queue_checked_at = now
         if self._queue_depth >= self.settings.max_queue_depth:
             raise Refusal(503, SERVICE_UNAVAILABLE, retry_after=5)
-        unfinished = await self.store.count_unfinished(owner)
+        unfinished = await self._unfinished(owner, now)
         if unfinished >= self.settings.max_unfinished_tasks_per_key:
             raise Refusal(
                 429,
@@ -250,6 +268,7 @@ class TaskService:
                 raise
             return replayed
         TASKS_CREATED.inc()
+        self._count_accepted(owner)
         self.on_created()
         return task
 
