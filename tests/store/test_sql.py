@@ -162,3 +162,47 @@ async def test_concurrent_writes_commit_together_and_a_failing_one_stays_alone(
     for i, task in enumerate(everyone):
         found = await store.get_task(task.id)
         assert (found is None) == (i == failed_index), i
+
+
+async def test_a_write_failing_halfway_leaves_nothing_written(store: SqlStore) -> None:
+    from sqlalchemy import update
+
+    from imagegate.store.schema import tasks as tasks_table
+
+    await store.create_task(victim := new_task())
+
+    async def half_then_boom() -> None:
+        async with store._transaction() as conn:
+            await conn.execute(
+                update(tasks_table)
+                .where(tasks_table.c.id == victim.id)
+                .values(prompt="half-written")
+            )
+            raise RuntimeError("boom")
+
+    others = [new_task() for _ in range(5)]
+    outcomes = await asyncio.gather(
+        half_then_boom(), *(store.create_task(t) for t in others), return_exceptions=True
+    )
+    assert isinstance(outcomes[0], RuntimeError)
+    found = await store.get_task(victim.id)
+    assert found is not None and found.prompt == "a prompt"
+    # Writes that shared the failed batch failed with it, or landed in a batch of their own:
+    # either way each caller was told the truth.
+    for task, outcome in zip(others, outcomes[1:], strict=True):
+        assert (await store.get_task(task.id) is not None) == (outcome is None)
+
+
+async def test_claim_many_at_once_takes_expired_leases_first(store: SqlStore) -> None:
+    await store.create_task(stranded := new_task())
+    await store.claim_task("dead", 0.05)
+    fresh = [new_task() for _ in range(4)]
+    for task in fresh:
+        await store.create_task(task)
+    await asyncio.sleep(0.1)
+    claimed = await store.claim_tasks("w1", 30, 3)
+    assert [t.id for t in claimed] == [stranded.id, fresh[0].id, fresh[1].id]
+    assert claimed[0].attempts == 2 and claimed[1].attempts == 1
+    rest = await store.claim_tasks("w2", 30, 10)
+    assert [t.id for t in rest] == [fresh[2].id, fresh[3].id]
+    assert await store.claim_tasks("w3", 30, 10) == []

@@ -181,10 +181,13 @@ class SqlStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    def _transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A write transaction: on SQLite one slot in a group commit, elsewhere its own."""
+    def _transaction(
+        self, *, may_fail: bool = False
+    ) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction: on SQLite a turn in a group commit (`may_fail`: in a savepoint
+        of its own, see SqliteWriter), elsewhere a transaction of its own."""
         if self._writer is not None:
-            return self._writer.transaction()
+            return self._writer.transaction(savepoint=may_fail)
         return self.engine.begin()
 
     async def close(self) -> None:
@@ -216,7 +219,7 @@ class SqlStore:
         key = ApiKey(
             id="key_" + secrets.token_hex(8), name=name, prefix=prefix, created_at=time.time()
         )
-        async with self._transaction() as conn:
+        async with self._transaction(may_fail=True) as conn:  # the name may be taken
             await conn.execute(
                 insert(api_keys).values(
                     id=key.id,
@@ -303,7 +306,7 @@ class SqlStore:
             raise
 
     async def _insert_task(self, task: Task, idempotency: Idempotency | None) -> None:
-        async with self._transaction() as conn:
+        async with self._transaction(may_fail=idempotency is not None) as conn:
             if idempotency is not None:
                 # First, so a concurrent duplicate fails on the primary key before any task exists.
                 await conn.execute(
@@ -416,30 +419,50 @@ class SqlStore:
 
     # --- tasks: worker side ---------------------------------------------------------
     async def claim_task(self, worker_id: str, lease_seconds: float) -> Task | None:
-        # Tasks whose worker died go first: they were already IN_PROGRESS and have waited
-        # longest, and a backlog of new tasks must not keep them stranded on a dead lease.
-        for expired_lease in (True, False):
-            task = await self._claim(worker_id, lease_seconds, expired_lease=expired_lease)
-            if task is not None:
-                return task
-        return None
+        claimed = await self.claim_tasks(worker_id, lease_seconds, 1)
+        return claimed[0] if claimed else None
+
+    async def claim_tasks(self, worker_id: str, lease_seconds: float, limit: int) -> list[Task]:
+        """Up to `limit` due tasks, leased to `worker_id`, in one transaction.
+
+        Tasks whose worker died go first: they were already IN_PROGRESS and have waited
+        longest, and a backlog of new tasks must not keep them stranded on a dead lease.
+        """
+        now = time.time()
+        async with self._transaction() as conn:
+            claimed = await self._claim(
+                conn, worker_id, now, lease_seconds, limit, expired_lease=True
+            )
+            if len(claimed) < limit:
+                claimed += await self._claim(
+                    conn, worker_id, now, lease_seconds, limit - len(claimed), expired_lease=False
+                )
+            for task in claimed:
+                if task.attempts == 1:  # first claim: CREATED -> IN_PROGRESS
+                    await self._status_changed(conn, task)
+        return claimed
 
     async def _claim(
-        self, worker_id: str, lease_seconds: float, *, expired_lease: bool
-    ) -> Task | None:
-        now = time.time()
+        self,
+        conn: AsyncConnection,
+        worker_id: str,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        *,
+        expired_lease: bool,
+    ) -> list[Task]:
         held = tasks.c.lease_owner.is_not(None) if expired_lease else tasks.c.lease_owner.is_(None)
-        candidate = (
+        candidates = (
             select(tasks.c.seq)
             .where(tasks.c.available_at <= now, held)
             .order_by(tasks.c.available_at)
-            .limit(1)
+            .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
         stmt = (
             update(tasks)
-            .where(tasks.c.seq == candidate)
+            .where(tasks.c.seq.in_(candidates.scalar_subquery()))
             .values(
                 status=Status.IN_PROGRESS.value,
                 # A lease still held here means its worker vanished without a word.
@@ -452,14 +475,9 @@ class SqlStore:
             )
             .returning(*tasks.c)
         )
-        async with self._transaction() as conn:
-            row = (await conn.execute(stmt)).first()
-            if row is None:
-                return None
-            task = _task_from_row(row)
-            if task.attempts == 1:  # first claim: CREATED -> IN_PROGRESS
-                await self._status_changed(conn, task)
-        return task
+        rows = (await conn.execute(stmt)).all()
+        # RETURNING gives no order: oldest first, as they were picked.
+        return sorted((_task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
     async def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
         now = time.time()
@@ -751,10 +769,14 @@ class SqliteWriter:
 
     Left alone, concurrent write transactions fight over the database lock and SQLite's busy
     handler sleeps them for up to 100 ms a try. Here writes take turns on an in-process lock
-    instead, each in its own savepoint of a shared transaction, and the transaction commits
-    as soon as nobody is waiting: the writes that queued up meanwhile share one commit (one
-    fsync). A write's caller returns only once its transaction is committed; a write that
-    fails rolls back to its savepoint and leaves the others alone.
+    instead, inside one shared transaction that commits as soon as nobody is waiting: the
+    writes that queued up meanwhile share one commit (one fsync). A write's caller returns
+    only once that commit is done.
+
+    A write that may fail as part of normal operation (an Idempotency-Key taken by a
+    concurrent request) runs in a savepoint and fails alone. Savepoints cost two extra round
+    trips, so other writes run without one; if such a write fails anyway (a bug, a full
+    disk), the whole batch is rolled back and every write in it fails: never half-written.
     """
 
     MAX_BATCH = 128
@@ -768,26 +790,45 @@ class SqliteWriter:
         self._ops = 0
         self._commit_task: asyncio.Task[None] | None = None
         self.commits = 0  # how many transactions carried the writes (for tests and metrics)
+        self._poisoned: BaseException | None = None
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, savepoint: bool = False) -> AsyncIterator[AsyncConnection]:
         async with self.lock:
             if self._conn is None:
                 self._conn = await self.engine.connect()
                 self._tx = await self._conn.begin()
                 self._committed = asyncio.get_running_loop().create_future()
                 self._ops = 0
+                self._poisoned = None
             conn, committed = self._conn, self._committed
             assert committed is not None
+            failure: Exception | None = None
             try:
-                async with conn.begin_nested():
-                    yield conn
+                if savepoint:
+                    try:
+                        async with conn.begin_nested():
+                            yield conn
+                    except Exception as exc:
+                        # Rolled back to its savepoint. Its caller hears of it once the batch
+                        # is committed, so what it conflicted with is visible to its next read.
+                        failure = exc
+                else:
+                    try:
+                        yield conn
+                    except BaseException as exc:
+                        self._poisoned = exc
+                        raise
             finally:
                 self._ops += 1
                 if self._ops >= self.MAX_BATCH:
                     await self._commit()
                 elif self._commit_task is None or self._commit_task.done():
                     self._commit_task = asyncio.create_task(self._commit_when_idle())
+        if failure is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(committed)
+            raise failure
         await asyncio.shield(committed)
 
     async def _commit_when_idle(self) -> None:
@@ -801,6 +842,10 @@ class SqliteWriter:
             return
         self.commits += 1
         try:
+            if self._poisoned is not None:
+                raise RuntimeError(
+                    "a write in the same batch failed; nothing was written"
+                ) from self._poisoned
             await tx.commit()
         except BaseException as exc:
             committed.set_exception(exc)

@@ -91,14 +91,17 @@ class Worker:
 
     # --- claiming ------------------------------------------------------------------------
     async def _claim(self) -> None:
-        while len(self._running) < self.concurrency and not self._loop.stopping:
-            task = await self.store.claim_task(self.worker_id, self.settings.lease_seconds)
-            if task is None:
+        while (free := self.concurrency - len(self._running)) > 0 and not self._loop.stopping:
+            claimed = await self.store.claim_tasks(
+                self.worker_id, self.settings.lease_seconds, free
+            )
+            for task in claimed:
+                self.on_change(task.id)
+                runner = asyncio.create_task(self._run(task), name=f"task-{task.id}")
+                self._running[task.id] = runner
+                runner.add_done_callback(functools.partial(self._finished, task.id))
+            if len(claimed) < free:
                 return
-            self.on_change(task.id)
-            runner = asyncio.create_task(self._run(task), name=f"task-{task.id}")
-            self._running[task.id] = runner
-            runner.add_done_callback(functools.partial(self._finished, task.id))
 
     def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self._running.pop(task_id, None)
