@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
@@ -17,6 +19,7 @@ from imagegate.api.openai import router as openai_router
 from imagegate.api.playground import router as playground_router
 from imagegate.api.ratelimit import RateLimitMiddleware
 from imagegate.api.routes import router
+from imagegate.api.schemas import CreateTaskRequest
 from imagegate.metrics import MetricsMiddleware, exposition, update_queue_gauges
 from imagegate.settings import Settings
 from imagegate.storage import storage_from_settings
@@ -95,6 +98,24 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         servers=[{"url": settings.public_url}] if settings.public_url else None,
     )
     install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                servers=app.servers,
+            )
+            # The create route reads its body by hand; its schema is registered here.
+            schema.setdefault("components", {}).setdefault("schemas", {})["CreateTaskRequest"] = (
+                CreateTaskRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(playground_router)

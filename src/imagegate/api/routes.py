@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
 from imagegate.api.auth import require_owner
+from imagegate.api.body import read_json
 from imagegate.api.errors import ApiError
 from imagegate.api.schemas import (
     ERROR_RESPONSES,
@@ -58,8 +61,26 @@ def _base_url(request: Request) -> str:
         **TOO_LARGE_RESPONSE,
     },
     tags=["gemini-2-5-flash-image-preview"],
+    # The body is read by hand (see api/body.py); this documents it as FastAPI would.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CreateTaskRequest"}}
+            },
+        }
+    },
 )
-async def create_task(body: CreateTaskRequest, request: Request, owner: Owner) -> JSONResponse:
+async def create_task(request: Request, owner: Owner) -> JSONResponse:
+    payload = await read_json(request)
+    try:
+        body = CreateTaskRequest.model_validate(payload)
+    except ValidationError as exc:
+        # Same answer as FastAPI's own body validation would give, through the same handler.
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+    del payload
     extras: dict[str, Any] = dict(body.model_extra or {})
     if body.aspect_ratio is not None:
         extras["aspect_ratio"] = body.aspect_ratio
