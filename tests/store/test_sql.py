@@ -206,3 +206,13 @@ async def test_claim_many_at_once_takes_expired_leases_first(store: SqlStore) ->
     rest = await store.claim_tasks("w2", 30, 10)
     assert [t.id for t in rest] == [fresh[2].id, fresh[3].id]
     assert await store.claim_tasks("w3", 30, 10) == []
+
+
+async def test_concurrent_creates_share_inserts_and_all_land(store: SqlStore) -> None:
+    batch = [new_task(owner=f"o{i % 3}") for i in range(200)]
+    await asyncio.gather(*(store.create_task(t) for t in batch))
+    for owner in ("o0", "o1", "o2"):
+        listed = await store.list_tasks(owner, 0, 1000)
+        assert {t.id for t in listed} == {t.id for t in batch if t.owner == owner}
+    if store._writer is not None:  # SQLite: the 200 rows went in a handful of executemany batches
+        assert store._writer.commits < 20, store._writer.commits

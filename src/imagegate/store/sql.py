@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, delete, event, func, insert, select, update
+from sqlalchemy import Table, and_, case, delete, event, func, insert, select, update
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -306,6 +306,25 @@ class SqlStore:
             raise
 
     async def _insert_task(self, task: Task, idempotency: Idempotency | None) -> None:
+        row = {
+            "id": task.id,
+            "owner": task.owner,
+            "status": task.status.value,
+            "prompt": task.prompt,
+            "references": json.dumps([r.to_json() for r in task.references]),
+            "options": json.dumps(task.options),
+            "webhook_url": task.webhook_url,
+            "generated": "[]",
+            "attempts": 0,
+            "request_id": task.request_id,
+            "created_at": task.created_at,
+            "updated_at": task.updated_at,
+            "available_at": task.created_at,
+        }
+        if idempotency is None and self._writer is not None:
+            # The hot path of POST: rows of concurrent creates go in one executemany.
+            await self._writer.insert(tasks, row)
+            return
         async with self._transaction(may_fail=idempotency is not None) as conn:
             if idempotency is not None:
                 # First, so a concurrent duplicate fails on the primary key before any task exists.
@@ -318,23 +337,7 @@ class SqlStore:
                         created_at=task.created_at,
                     )
                 )
-            await conn.execute(
-                insert(tasks).values(
-                    id=task.id,
-                    owner=task.owner,
-                    status=task.status.value,
-                    prompt=task.prompt,
-                    references=json.dumps([r.to_json() for r in task.references]),
-                    options=json.dumps(task.options),
-                    webhook_url=task.webhook_url,
-                    generated="[]",
-                    attempts=0,
-                    request_id=task.request_id,
-                    created_at=task.created_at,
-                    updated_at=task.updated_at,
-                    available_at=task.created_at,
-                )
-            )
+            await conn.execute(insert(tasks).values(**row))
             await self._notify(conn, "created")
 
     async def find_idempotent(self, owner: str, key: str, since: float) -> Idempotency | None:
@@ -790,6 +793,8 @@ class SqliteWriter:
         self._ops = 0
         self._commit_task: asyncio.Task[None] | None = None
         self.commits = 0  # how many transactions carried the writes (for tests and metrics)
+        self._rows: list[tuple[Table, dict[str, Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._poisoned: BaseException | None = None
 
     @contextlib.asynccontextmanager
@@ -830,6 +835,38 @@ class SqliteWriter:
                 await asyncio.shield(committed)
             raise failure
         await asyncio.shield(committed)
+
+    async def insert(self, table: Table, row: dict[str, Any]) -> None:
+        """Insert one row, coalesced with the rows other callers are inserting meanwhile into
+        one `executemany` in one transaction. Returns once committed."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.append((table, row, waiter))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_rows())
+        await waiter
+
+    async def _flush_rows(self) -> None:
+        while self._rows:
+            batch: list[tuple[Table, dict[str, Any], asyncio.Future[None]]] = []
+            try:
+                async with self.transaction() as conn:
+                    # Taken once the lock is ours: rows that arrived while we waited come too.
+                    batch, self._rows = self._rows, []
+                    by_table: dict[Table, list[dict[str, Any]]] = {}
+                    for table, row, _ in batch:
+                        by_table.setdefault(table, []).append(row)
+                    for table, rows in by_table.items():
+                        await conn.execute(insert(table), rows)
+            except BaseException as exc:
+                for _, _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for _, _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def _commit_when_idle(self) -> None:
         async with self.lock:
