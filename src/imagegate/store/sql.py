@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,6 @@ class SqlStore:
         self._engine: AsyncEngine | None = None
         self._listener: asyncio.Task[None] | None = None
         self._writer: SqliteWriter | None = None
-        self._handoff: tuple[str, float, Callable[[OutboxMessage], None]] | None = None
 
     # --- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -434,7 +432,6 @@ class SqlStore:
         longest, and a backlog of new tasks must not keep them stranded on a dead lease.
         """
         now = time.time()
-        handed: list[OutboxMessage] = []
         async with self._transaction() as conn:
             claimed = await self._claim(
                 conn, worker_id, now, lease_seconds, limit, expired_lease=True
@@ -445,8 +442,7 @@ class SqlStore:
                 )
             for task in claimed:
                 if task.attempts == 1:  # first claim: CREATED -> IN_PROGRESS
-                    await self._status_changed(conn, task, handed)
-        self._deliver_handed(handed)
+                    await self._status_changed(conn, task)
         return claimed
 
     async def _claim(
@@ -549,13 +545,11 @@ class SqlStore:
             )
             .returning(*tasks.c)
         )
-        handed: list[OutboxMessage] = []
         async with self._transaction() as conn:
             row = (await conn.execute(stmt)).first()
             if row is None:
                 return False
-            await self._status_changed(conn, _task_from_row(row), handed)
-        self._deliver_handed(handed)
+            await self._status_changed(conn, _task_from_row(row))
         return True
 
     async def retry_task(self, task_id: str, worker_id: str, error: str, delay: float) -> bool:
@@ -608,75 +602,28 @@ class SqlStore:
         if not self.is_sqlite:
             await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
 
-    def hand_off_webhooks(
-        self, worker_id: str, lease_seconds: float, deliver: Callable[[OutboxMessage], None]
-    ) -> None:
-        """Let this process deliver the webhook messages its own status changes write.
-
-        Such a message is leased to `worker_id` in the same transaction that writes it and
-        given to `deliver` once committed: no outbox claim, no wait for the dispatcher's turn.
-        Only when no earlier message of the task is still pending, so per-task order holds;
-        otherwise the message waits for the dispatcher as usual.
-        """
-        self._handoff = (worker_id, lease_seconds, deliver)
-
-    async def _status_changed(
-        self, conn: AsyncConnection, task: Task, handed: list[OutboxMessage]
-    ) -> None:
+    async def _status_changed(self, conn: AsyncConnection, task: Task) -> None:
         await self._notify(conn, f"changed:{task.id}")
         if not task.webhook_url:
             return
+        await self._notify(conn, "webhook")
         now = time.time()
-        message = OutboxMessage(
-            id="msg_" + secrets.token_urlsafe(18),
-            task_id=task.id,
-            owner=task.owner,
-            request_id=task.request_id,
-            url=task.webhook_url,
-            status=task.status.value,
-            payload=json.dumps(self.presenter(task), separators=(",", ":")),
-            attempts=0,
-            created_at=now,
-        )
-        lease: dict[str, Any] = {"attempts": 0, "next_attempt_at": now, "lease_owner": None}
-        if self._handoff is not None:
-            worker_id, lease_seconds, _ = self._handoff
-            pending = (
-                await conn.execute(
-                    select(webhook_outbox.c.seq)
-                    .where(webhook_outbox.c.task_id == task.id, webhook_outbox.c.state == "pending")
-                    .limit(1)
-                )
-            ).first()
-            if pending is None:
-                lease = {
-                    "attempts": 1,
-                    "next_attempt_at": now + lease_seconds,
-                    "lease_owner": worker_id,
-                }
-                handed.append(dataclasses.replace(message, attempts=1))
-        if lease["lease_owner"] is None:
-            await self._notify(conn, "webhook")
         await conn.execute(
             insert(webhook_outbox).values(
-                id=message.id,
-                task_id=message.task_id,
-                owner=message.owner,
-                request_id=message.request_id,
-                url=message.url,
-                status=message.status,
-                payload=message.payload,
+                id="msg_" + secrets.token_urlsafe(18),
+                task_id=task.id,
+                owner=task.owner,
+                request_id=task.request_id,
+                url=task.webhook_url,
+                status=task.status.value,
+                payload=json.dumps(self.presenter(task), separators=(",", ":")),
                 state="pending",
+                attempts=0,
+                next_attempt_at=now,
                 created_at=now,
                 updated_at=now,
-                **lease,
             )
         )
-
-    def _deliver_handed(self, handed: list[OutboxMessage]) -> None:
-        if self._handoff is not None:
-            for message in handed:
-                self._handoff[2](message)
 
     async def claim_webhooks(
         self, worker_id: str, lease_seconds: float, limit: int

@@ -59,19 +59,6 @@ class WebhookDispatcher:
     def notify(self) -> None:
         self._loop.wake()
 
-    @property
-    def lease_seconds(self) -> float:
-        # Outlasts one attempt's timeout, so a live delivery is never taken over.
-        return self.settings.webhook_timeout_seconds * 3
-
-    def deliver_now(self, message: OutboxMessage) -> None:
-        """A message this process wrote and leased to itself (see Store.hand_off_webhooks)."""
-        if self._loop.stopping:
-            return  # its lease expires and another worker delivers it
-        task = asyncio.create_task(self._deliver(message))
-        self._running.add(task)
-        task.add_done_callback(self._done)
-
     async def stop(self, grace: float) -> None:
         await self._loop.stop()
         if self._running:
@@ -85,7 +72,9 @@ class WebhookDispatcher:
         free = self.settings.webhook_concurrency - len(self._running)
         if free <= 0:
             return
-        for message in await self.store.claim_webhooks(self.worker_id, self.lease_seconds, free):
+        # The lease outlasts one attempt's timeout, so a live delivery is never taken over.
+        lease = self.settings.webhook_timeout_seconds * 3
+        for message in await self.store.claim_webhooks(self.worker_id, lease, free):
             task = asyncio.create_task(self._deliver(message))
             self._running.add(task)
             task.add_done_callback(self._done)

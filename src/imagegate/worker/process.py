@@ -43,7 +43,6 @@ class WorkerRuntime:
         )
 
         self.janitor = Janitor(store, storage, settings)
-        store.hand_off_webhooks(worker_id, self.webhooks.lease_seconds, self.webhooks.deliver_now)
 
     def _changed(self, task_id: str) -> None:
         self.webhooks.notify()
