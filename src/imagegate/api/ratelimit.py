@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imagegate.api.middleware import error_body
+from imagegate.api.middleware import error_body, send_json
 
 MAX_BUCKETS = 100_000
 
@@ -98,19 +98,9 @@ class RateLimitMiddleware:
                 f"Rate limit exceeded: {self.limit_header.decode()} requests per minute. "
                 f"Retry in {retry_after} s.",
             )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 429,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"retry-after", str(retry_after).encode()),
-                        *headers,
-                    ],
-                }
+            await send_json(
+                send, 429, body, [(b"retry-after", str(retry_after).encode()), *headers]
             )
-            await send({"type": "http.response.body", "body": body})
             return
 
         async def send_with_headers(message: Message) -> None:
