@@ -8,6 +8,7 @@ banner says it came from the offline engine, so nobody mistakes it for a real ge
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import textwrap
@@ -28,6 +29,12 @@ def _palette(digest: bytes) -> list[tuple[int, int, int]]:
 def _contrast(color: tuple[int, int, int]) -> tuple[int, int, int]:
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     return (20, 20, 20) if luminance > 140 else (240, 240, 240)
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Parsing the font costs more than drawing with it: once per size, not per picture.
+    return ImageFont.load_default(size=size)
 
 
 def render(
@@ -76,7 +83,7 @@ def render(
 
     # The prompt's words, wrapped, on a panel so they are readable on any background.
     font_size = max(16, min(width, height) // 22)
-    font = ImageFont.load_default(size=font_size)
+    font = _font(font_size)
     chars_per_line = max(10, int(width / (font_size * 0.55)))
     lines = textwrap.wrap(prompt, chars_per_line)[:8] or [""]
     line_height = int(font_size * 1.25)
@@ -85,7 +92,7 @@ def render(
     for i, line in enumerate(lines):
         draw.text((16, 12 + i * line_height), line, fill=(255, 255, 255), font=font)
 
-    small = ImageFont.load_default(size=max(12, font_size // 2))
+    small = _font(max(12, font_size // 2))
     draw.rectangle((0, height - 32, width, height), fill=_contrast(colors[0]))
     draw.text((12, height - 26), BANNER, fill=colors[0], font=small)
 

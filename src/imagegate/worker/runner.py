@@ -112,7 +112,7 @@ class Worker:
         # Each runner is its own asyncio task (its own context): these tag this task's logs.
         request_id_var.set(task.request_id)
         task_id_var.set(task.id)
-        log.info(
+        log.debug(
             "task %s attempt %d started",
             task.id,
             task.attempts,
