@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from imagegate.store.sql import SqlStore
-from imagegate.tasks.model import GeneratedImage, Status
+from imagegate.tasks.model import GeneratedImage, Status, Task
 from tests.store.conftest import new_task
 
 
@@ -34,12 +34,22 @@ async def test_concurrent_claims_never_hand_out_a_task_twice(store: SqlStore) ->
     assert len(set(ids)) == 20
 
 
+async def _claim_within(store: SqlStore, worker: str, deadline: float) -> Task | None:
+    end = asyncio.get_running_loop().time() + deadline
+    while asyncio.get_running_loop().time() < end:
+        task = await store.claim_task(worker, 30)
+        if task is not None:
+            return task
+        await asyncio.sleep(0.05)
+    return None
+
+
 async def test_expired_lease_returns_the_task_with_the_attempt_counted(store: SqlStore) -> None:
     await store.create_task(task := new_task())
-    assert (await store.claim_task("dead", 0.05)) is not None
+    assert (await store.claim_task("dead", 1.0)) is not None
     assert await store.claim_task("w2", 30) is None  # lease still held
-    await asyncio.sleep(0.1)
-    reclaimed = await store.claim_task("w2", 30)
+    # The dead worker never renews: once the lease runs out the task is claimable again.
+    reclaimed = await _claim_within(store, "w2", deadline=5.0)
     assert reclaimed is not None and reclaimed.id == task.id
     assert reclaimed.attempts == 2
     assert reclaimed.error and "lease expired" in reclaimed.error
@@ -68,21 +78,21 @@ async def test_only_the_lease_holder_can_finish(store: SqlStore) -> None:
 
 async def test_renew_keeps_the_lease(store: SqlStore) -> None:
     await store.create_task(task := new_task())
-    await store.claim_task("w1", 0.2)
+    await store.claim_task("w1", 1.0)
     for _ in range(3):
-        await asyncio.sleep(0.1)
-        assert await store.renew_lease(task.id, "w1", 0.2)
+        # Renewed well inside the lease, three times: past the first lease, still held.
+        await asyncio.sleep(0.4)
+        assert await store.renew_lease(task.id, "w1", 1.0)
     assert await store.claim_task("w2", 30) is None
-    assert not await store.renew_lease(task.id, "w2", 0.2)
+    assert not await store.renew_lease(task.id, "w2", 1.0)
 
 
 async def test_retry_later_and_release(store: SqlStore) -> None:
     await store.create_task(task := new_task())
     await store.claim_task("w1", 30)
-    assert await store.retry_task(task.id, "w1", "overloaded", delay=0.1)
-    assert await store.claim_task("w1", 30) is None
-    await asyncio.sleep(0.15)
-    retried = await store.claim_task("w1", 30)
+    assert await store.retry_task(task.id, "w1", "overloaded", delay=1.0)
+    assert await store.claim_task("w1", 30) is None  # not before its retry time
+    retried = await _claim_within(store, "w1", deadline=5.0)
     assert retried is not None and retried.attempts == 2 and retried.error == "overloaded"
     assert await store.release_task(task.id, "w1")
     released = await store.claim_task("w2", 30)
@@ -113,6 +123,8 @@ async def test_status_changes_write_webhook_messages_in_order(store: SqlStore) -
     await store.record_webhook_attempt(
         first[0].id,
         "d1",
+        task_id=first[0].task_id,
+        attempt=first[0].attempts,
         status_code=200,
         error=None,
         duration_ms=1.0,

@@ -125,6 +125,8 @@ class Store(Protocol):
         message_id: str,
         worker_id: str,
         *,
+        task_id: str,
+        attempt: int,
         status_code: int | None,
         error: str | None,
         duration_ms: float,

@@ -18,11 +18,11 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, case, delete, event, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, delete, event, func, insert, select, update
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Executable, Select
 
 from imagegate.store.base import (
     DeliveryRecord,
@@ -44,6 +44,27 @@ from imagegate.store.schema import (
 from imagegate.tasks.model import ApiKey, GeneratedImage, ReferenceSpec, Status, Task
 
 log = logging.getLogger("imagegate.store")
+
+# Statements run with executemany (see SqliteWriter.execute): built once, so that the same
+# statement from many callers is recognised and batched. Bind names differ from column names,
+# as executemany UPDATEs require.
+_INSERT_TASK = insert(tasks)
+_INSERT_ATTEMPT = insert(webhook_attempts)
+_RECORD_DELIVERY = (
+    update(webhook_outbox)
+    .where(
+        webhook_outbox.c.id == bindparam("b_id"),
+        webhook_outbox.c.lease_owner == bindparam("b_worker"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        next_attempt_at=bindparam("b_next"),
+        lease_owner=None,
+        last_status_code=bindparam("b_code"),
+        last_error=bindparam("b_error"),
+        updated_at=bindparam("b_now"),
+    )
+)
 NOTIFY_CHANNEL = "imagegate"
 LEASE_EXPIRED = "the worker running the previous attempt stopped responding (its lease expired)"
 
@@ -323,7 +344,7 @@ class SqlStore:
         }
         if idempotency is None and self._writer is not None:
             # The hot path of POST: rows of concurrent creates go in one executemany.
-            await self._writer.insert(tasks, row)
+            await self._writer.execute((_INSERT_TASK, row))
             return
         async with self._transaction(may_fail=idempotency is not None) as conn:
             if idempotency is not None:
@@ -684,6 +705,8 @@ class SqlStore:
         message_id: str,
         worker_id: str,
         *,
+        task_id: str,
+        attempt: int,
         status_code: int | None,
         error: str | None,
         duration_ms: float,
@@ -691,37 +714,44 @@ class SqlStore:
         state: str,
     ) -> None:
         now = time.time()
+        # The message is settled only while `worker_id` still holds its lease; the attempt
+        # is history either way: it happened.
+        await self._execute(
+            (
+                _RECORD_DELIVERY,
+                {
+                    "b_id": message_id,
+                    "b_worker": worker_id,
+                    "b_state": state,
+                    "b_next": next_attempt_at,
+                    "b_code": status_code,
+                    "b_error": error,
+                    "b_now": now,
+                },
+            ),
+            (
+                _INSERT_ATTEMPT,
+                {
+                    "message_id": message_id,
+                    "task_id": task_id,
+                    "attempt": attempt,
+                    "at": now,
+                    "status_code": status_code,
+                    "error": error,
+                    "duration_ms": duration_ms,
+                },
+            ),
+        )
+
+    async def _execute(self, *statements: tuple[Executable, dict[str, Any]]) -> None:
+        """Statements that need no answer, in one transaction; on SQLite coalesced with
+        other callers' into one executemany per statement."""
+        if self._writer is not None:
+            await self._writer.execute(*statements)
+            return
         async with self._transaction() as conn:
-            row = (
-                await conn.execute(
-                    update(webhook_outbox)
-                    .where(
-                        webhook_outbox.c.id == message_id, webhook_outbox.c.lease_owner == worker_id
-                    )
-                    .values(
-                        state=state,
-                        next_attempt_at=next_attempt_at,
-                        lease_owner=None,
-                        last_status_code=status_code,
-                        last_error=error,
-                        updated_at=now,
-                    )
-                    .returning(webhook_outbox.c.task_id, webhook_outbox.c.attempts)
-                )
-            ).first()
-            if row is None:
-                return
-            await conn.execute(
-                insert(webhook_attempts).values(
-                    message_id=message_id,
-                    task_id=row.task_id,
-                    attempt=row.attempts,
-                    at=now,
-                    status_code=status_code,
-                    error=error,
-                    duration_ms=duration_ms,
-                )
-            )
+            for statement, params in statements:
+                await conn.execute(statement, params)
 
     async def webhook_history(self, task_id: str, owner: str) -> list[DeliveryRecord]:
         async with self.engine.connect() as conn:
@@ -793,7 +823,9 @@ class SqliteWriter:
         self._ops = 0
         self._commit_task: asyncio.Task[None] | None = None
         self.commits = 0  # how many transactions carried the writes (for tests and metrics)
-        self._rows: list[tuple[Table, dict[str, Any], asyncio.Future[None]]] = []
+        self._queued: list[
+            tuple[tuple[tuple[Executable, dict[str, Any]], ...], asyncio.Future[None]]
+        ] = []
         self._flusher: asyncio.Task[None] | None = None
         self._poisoned: BaseException | None = None
 
@@ -836,35 +868,38 @@ class SqliteWriter:
             raise failure
         await asyncio.shield(committed)
 
-    async def insert(self, table: Table, row: dict[str, Any]) -> None:
-        """Insert one row, coalesced with the rows other callers are inserting meanwhile into
-        one `executemany` in one transaction. Returns once committed."""
+    async def execute(self, *statements: tuple[Executable, dict[str, Any]]) -> None:
+        """Run statements that need no answer, coalesced with those other callers submit
+        meanwhile: one executemany per distinct statement, all in one transaction. Returns
+        once committed."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._rows.append((table, row, waiter))
+        self._queued.append((statements, waiter))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_rows())
+            self._flusher = asyncio.create_task(self._flush())
         await waiter
 
-    async def _flush_rows(self) -> None:
-        while self._rows:
-            batch: list[tuple[Table, dict[str, Any], asyncio.Future[None]]] = []
+    async def _flush(self) -> None:
+        while self._queued:
+            batch: list[tuple[tuple[tuple[Executable, dict[str, Any]], ...], asyncio.Future[None]]]
+            batch = []
             try:
                 async with self.transaction() as conn:
-                    # Taken once the lock is ours: rows that arrived while we waited come too.
-                    batch, self._rows = self._rows, []
-                    by_table: dict[Table, list[dict[str, Any]]] = {}
-                    for table, row, _ in batch:
-                        by_table.setdefault(table, []).append(row)
-                    for table, rows in by_table.items():
-                        await conn.execute(insert(table), rows)
+                    # Taken once the lock is ours: what arrived while we waited comes too.
+                    batch, self._queued = self._queued, []
+                    by_statement: dict[Executable, list[dict[str, Any]]] = {}
+                    for statements, _ in batch:
+                        for statement, params in statements:
+                            by_statement.setdefault(statement, []).append(params)
+                    for statement, rows in by_statement.items():
+                        await conn.execute(statement, rows)
             except BaseException as exc:
-                for _, _, waiter in batch:
+                for _, waiter in batch:
                     if not waiter.done():
                         waiter.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
             else:
-                for _, _, waiter in batch:
+                for _, waiter in batch:
                     if not waiter.done():
                         waiter.set_result(None)
 

@@ -175,6 +175,8 @@ class WebhookDispatcher:
         await self.store.record_webhook_attempt(
             message.id,
             self.worker_id,
+            task_id=message.task_id,
+            attempt=message.attempts,
             status_code=status,
             error=error,
             duration_ms=elapsed,
