@@ -42,14 +42,9 @@ def _run(factory: Callable[[Settings], Coroutine[Any, Any, T]], settings: Settin
 
 async def _open_store(settings: Settings) -> Any:
     from imagegate.storage import storage_from_settings
-    from imagegate.store import open_store
-    from imagegate.tasks.presenter import TaskPresenter
+    from imagegate.store import start_store
 
-    store = open_store(
-        settings.resolved_database_url,
-        TaskPresenter(storage_from_settings(settings), settings.public_url),
-    )
-    await store.start()
+    _, store = await start_store(settings, storage_from_settings(settings))
     return store
 
 
@@ -122,14 +117,12 @@ def worker_command(
 
 async def _worker_main(settings: Settings) -> None:
     from imagegate.storage import storage_from_settings
-    from imagegate.store import open_store
-    from imagegate.tasks.presenter import TaskPresenter
+    from imagegate.store import start_store
     from imagegate.worker.process import WorkerRuntime
 
     log = logging.getLogger("imagegate")
     storage = storage_from_settings(settings)
-    store = open_store(settings.resolved_database_url, TaskPresenter(storage, settings.public_url))
-    await store.start()
+    _, store = await start_store(settings, storage)
     runtime = WorkerRuntime(store, storage, settings)
     if settings.metrics_port:
         from prometheus_client import start_http_server

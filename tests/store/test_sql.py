@@ -228,3 +228,16 @@ async def test_concurrent_creates_share_inserts_and_all_land(store: SqlStore) ->
         assert {t.id for t in listed} == {t.id for t in batch if t.owner == owner}
     if store._writer is not None:  # SQLite: the 200 rows went in a handful of executemany batches
         assert store._writer.commits < 20, store._writer.commits
+
+
+async def test_finishing_follows_the_state_machine(store: SqlStore) -> None:
+    image = GeneratedImage("outputs/x/y-1.png", "image/png")
+    await store.create_task(waiting := new_task())
+    # COMPLETED only follows IN_PROGRESS; a queued task can only be failed (e.g. purged input).
+    assert not await store.complete_task(
+        waiting.id, None, [image], engine="offline", model=None, text=None
+    )  # type: ignore[arg-type]
+    assert await store.fail_task(waiting.id, None, "refused")
+    assert not await store.fail_task(waiting.id, None, "again")  # FAILED is final
+    found = await store.get_task(waiting.id)
+    assert found is not None and found.status is Status.FAILED and found.error == "refused"

@@ -23,10 +23,9 @@ from imagegate.api.schemas import CreateTaskRequest
 from imagegate.metrics import MetricsMiddleware, exposition, update_queue_gauges
 from imagegate.settings import Settings
 from imagegate.storage import storage_from_settings
-from imagegate.store import open_store
+from imagegate.store import start_store
 from imagegate.tasks.events import TaskEvents
 from imagegate.tasks.keys import KeyRing, create_key
-from imagegate.tasks.presenter import TaskPresenter
 from imagegate.tasks.service import SERVICE_UNAVAILABLE, TaskService
 from imagegate.worker.process import WorkerRuntime
 
@@ -45,9 +44,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         # Pillow's own bomb guard, matched to ours: refuse before decoding, never after.
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         storage = storage_from_settings(settings)
-        presenter = TaskPresenter(storage, settings.public_url)
-        store = open_store(settings.resolved_database_url, presenter)
-        await store.start()
+        presenter, store = await start_store(settings, storage)
         await storage.ping()
         keyring = KeyRing(store, settings.api_keys)
         if not settings.api_keys and await store.count_keys() == 0:

@@ -23,9 +23,3 @@ def upgrade_to_head(connection: Connection) -> None:
         # Many processes may start at once; one migrates, the others wait for it.
         connection.execute(text("SELECT pg_advisory_xact_lock(7215388401)"))
     command.upgrade(alembic_config(connection), "head")
-
-
-def current_revision(connection: Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    return MigrationContext.configure(connection).get_current_revision()

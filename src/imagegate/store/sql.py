@@ -41,7 +41,14 @@ from imagegate.store.schema import (
     webhook_attempts,
     webhook_outbox,
 )
-from imagegate.tasks.model import ApiKey, GeneratedImage, ReferenceSpec, Status, Task
+from imagegate.tasks.model import (
+    ApiKey,
+    GeneratedImage,
+    ReferenceSpec,
+    Status,
+    Task,
+    statuses_before,
+)
 
 log = logging.getLogger("imagegate.store")
 
@@ -547,7 +554,7 @@ class SqlStore:
         now = time.time()
         conditions = [
             tasks.c.id == task_id,
-            tasks.c.status.in_([Status.CREATED.value, Status.IN_PROGRESS.value]),
+            tasks.c.status.in_([s.value for s in statuses_before(status)]),
         ]
         if worker_id is not None:
             # Fencing: only the worker that holds the lease may finish the task, so a task

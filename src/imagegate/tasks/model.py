@@ -32,6 +32,11 @@ def can_move(old: Status, new: Status) -> bool:
     return new in TRANSITIONS[old]
 
 
+def statuses_before(new: Status) -> list[Status]:
+    """The statuses a task may be in to move to `new`."""
+    return [old for old in Status if can_move(old, new)]
+
+
 @dataclass(frozen=True, slots=True)
 class ReferenceSpec:
     """One reference image as the task keeps it: a blob we stored at POST, or a URL to fetch."""

@@ -85,10 +85,6 @@ class Worker:
                 await asyncio.wait(pending)
         await self.http.aclose()
 
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
     # --- claiming ------------------------------------------------------------------------
     async def _claim(self) -> None:
         while (free := self.concurrency - len(self._running)) > 0 and not self._loop.stopping:
