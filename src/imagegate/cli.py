@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import FrameType
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imagegate.cli_client import register as register_client_commands
+from imagegate.gc_tuning import tune_gc
 from imagegate.logs import setup_logging
 from imagegate.settings import Settings
 
@@ -58,6 +60,11 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            tune_gc()
 
 
 @app.command()
@@ -135,6 +142,7 @@ async def _worker_main(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
     await store.listen(runtime.on_store_event)
+    tune_gc()
     await stop.wait()
     log.info("stopping: no new tasks; draining for up to %.0f s", settings.shutdown_grace_seconds)
     await runtime.stop()

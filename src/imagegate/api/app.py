@@ -18,7 +18,7 @@ from imagegate.api.middleware import BodySizeLimitMiddleware, RequestIdMiddlewar
 from imagegate.api.openai import router as openai_router
 from imagegate.api.playground import router as playground_router
 from imagegate.api.ratelimit import RateLimitMiddleware
-from imagegate.api.routes import router
+from imagegate.api.routes import create_task_route, router
 from imagegate.api.schemas import CreateTaskRequest
 from imagegate.metrics import MetricsMiddleware, exposition, update_queue_gauges
 from imagegate.settings import Settings
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(router)
+    app.router.routes.insert(0, create_task_route)
     app.include_router(openai_router)
     app.include_router(playground_router)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import AsyncIterator
@@ -12,8 +13,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from imagegate.api.auth import require_owner
+from imagegate.api.auth import API_KEY_HEADER, require_owner
 from imagegate.api.body import read_json
 from imagegate.api.errors import ApiError
 from imagegate.api.schemas import (
@@ -47,7 +50,36 @@ def _service(request: Request) -> TaskService:
 
 
 def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    scope = request.scope
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value
+            break
+    return _base_url_of(
+        scope["scheme"],
+        host,
+        scope.get("server"),
+        scope.get("app_root_path", scope.get("root_path", "")),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _base_url_of(
+    scheme: str, host: bytes | None, server: tuple[str, int] | None, root_path: str
+) -> str:
+    # Starlette's request.base_url, remembered: building a URL object costs more than the
+    # rest of a POST's routing (the inputs are few: one per host name a server answers to).
+    scope: dict[str, Any] = {
+        "type": "http",
+        "scheme": scheme,
+        "server": server,
+        "path": "/",
+        "root_path": root_path,
+        "query_string": b"",
+        "headers": [(b"host", host)] if host is not None else [],
+    }
+    return str(Request(scope).base_url).rstrip("/")
 
 
 @router.post(
@@ -72,6 +104,30 @@ def _base_url(request: Request) -> str:
     },
 )
 async def create_task(request: Request, owner: Owner) -> JSONResponse:
+    # Documents the operation; requests are served by `create_task_route` below, which runs
+    # the same code without FastAPI's per-route machinery.
+    return await _create(request, owner)
+
+
+class _CreateTask:
+    """The create route as a bare ASGI endpoint (an object, so Starlette does not wrap it)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        scope["route"] = create_task_route  # the metrics label, as FastAPI's routes set it
+        owner = await require_owner(request, request.headers.get(API_KEY_HEADER))
+        response = await _create(request, owner)
+        await response(scope, receive, send)
+
+
+# The create route as a plain Starlette route, ahead of FastAPI's: the POST every client makes
+# most is answered without dependency solving, the included-router layers and per-route
+# exception wrappers (a third of its CPU). Errors still go through the app's exception
+# handlers, so every answer is the same as the documented route's.
+create_task_route = Route(ENDPOINT, _CreateTask(), methods=["POST"], include_in_schema=False)
+
+
+async def _create(request: Request, owner: str) -> JSONResponse:
     payload = await read_json(request)
     try:
         body = CreateTaskRequest.model_validate(payload)

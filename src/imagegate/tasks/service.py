@@ -26,12 +26,15 @@ from imagegate.settings import Settings
 from imagegate.storage import BlobStorage, extension_for
 from imagegate.store import Store
 from imagegate.store.base import DeliveryRecord, Idempotency, IdempotencyKeyTaken
+from imagegate.tasks.capacity import CachedCount, CountsByKey
 from imagegate.tasks.events import TaskEvents
 from imagegate.tasks.model import ReferenceSpec, Status, Task
 
 MAX_REFERENCES = 3
+MAX_LIST_OFFSET = 2**62
 SERVICE_UNAVAILABLE = "Service Unavailable. Please try again later."
-# The queue depth is a global count; looking it up once a second per process is plenty.
+# The queue depth and unfinished counts are looked up in the background at most this often
+# (tasks/capacity.py); POSTs in between use the last figure plus what they added.
 QUEUE_CHECK_SECONDS = 1.0
 # Extension fields we keep for engines; anything else a client sends is ignored.
 KEPT_EXTRAS = (
@@ -87,10 +90,9 @@ class TaskService:
         events: TaskEvents | None = None,
     ) -> None:
         self.events = events or TaskEvents()
-        self._queue_depth = 0
-        self._queue_checked_at = -1e9
-        self._unfinished_counts: dict[str, tuple[int, float]] = {}
         self.store = store
+        self._queued = CachedCount(self._count_queued, QUEUE_CHECK_SECONDS)
+        self._unfinished = CountsByKey(store.count_unfinished, QUEUE_CHECK_SECONDS)
         self.storage = storage
         self.settings = settings
         self.on_created = on_created
@@ -183,31 +185,14 @@ class TaskService:
             )
         return await self.store.get_task(found.task_id, owner)
 
-    async def _unfinished(self, owner: str, now: float) -> int:
-        """The key's unfinished tasks: counted by the store at most once a second, and
-        counted up here for every task accepted in between. Tasks that finish in between are
-        not subtracted, so this can only over-count: it never lets a key past its cap."""
-        cached = self._unfinished_counts.get(owner)
-        if cached is None or now - cached[1] > QUEUE_CHECK_SECONDS:
-            if len(self._unfinished_counts) > 10_000:
-                self._unfinished_counts.clear()
-            cached = (await self.store.count_unfinished(owner), now)
-            self._unfinished_counts[owner] = cached
-        return cached[0]
-
-    def _count_accepted(self, owner: str) -> None:
-        cached = self._unfinished_counts.get(owner)
-        if cached is not None:
-            self._unfinished_counts[owner] = (cached[0] + 1, cached[1])
+    async def _count_queued(self) -> int:
+        return (await self.store.queue_stats()).queued
 
     async def _check_capacity(self, owner: str) -> None:
         now = time.monotonic()
-        if now - self._queue_checked_at > QUEUE_CHECK_SECONDS:
-            self._queue_depth = (await self.store.queue_stats()).queued
-            self._queue_checked_at = now
-        if self._queue_depth >= self.settings.max_queue_depth:
+        if await self._queued.get(now) >= self.settings.max_queue_depth:
             raise Refusal(503, SERVICE_UNAVAILABLE, retry_after=5)
-        unfinished = await self._unfinished(owner, now)
+        unfinished = await self._unfinished[owner].get(now)
         if unfinished >= self.settings.max_unfinished_tasks_per_key:
             raise Refusal(
                 429,
@@ -274,7 +259,8 @@ class TaskService:
                 raise
             return replayed
         TASKS_CREATED.inc()
-        self._count_accepted(owner)
+        self._queued.add()
+        self._unfinished[owner].add()
         self.on_created()
         return task
 
@@ -348,4 +334,7 @@ class TaskService:
         return await self.store.webhook_history(task_id, owner)
 
     async def list(self, owner: str, page: int, per_page: int) -> list[Task]:
-        return await self.store.list_tasks(owner, (page - 1) * per_page, per_page)
+        offset = (page - 1) * per_page
+        if offset > MAX_LIST_OFFSET:
+            return []  # past the end of any list (and of the databases' integers)
+        return await self.store.list_tasks(owner, offset, per_page)
