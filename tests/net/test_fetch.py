@@ -25,6 +25,7 @@ from imagegate.net import (
     make_client,
     post_json_guarded,
 )
+from imagegate.net.backend import AsyncioBackend
 
 PUBLIC_IP = "93.184.215.14"
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
@@ -177,7 +178,7 @@ class ScriptedBackend(httpcore.AsyncNetworkBackend):
         self.scripts = scripts or {}
         self.connects: list[tuple[str, int]] = []
         self.tls_hostnames: list[str | None] = []
-        self._loopback = httpcore.AnyIOBackend()
+        self._loopback = AsyncioBackend()  # the backend imagegate uses
 
     async def connect_tcp(
         self,

@@ -32,6 +32,7 @@ import httpcore
 import httpx
 
 from imagegate import __version__
+from imagegate.net.backend import AsyncioBackend
 from imagegate.net.guard import (
     CheckedURL,
     OutboundError,
@@ -262,7 +263,7 @@ class GuardedClient(httpx.AsyncClient):
             transport=_GuardedTransport(
                 ssl_context=httpx.create_ssl_context(verify=verify),
                 limits=limits,
-                network_backend=network_backend or httpcore.AnyIOBackend(),
+                network_backend=network_backend or AsyncioBackend(),
             ),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,

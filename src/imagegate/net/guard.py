@@ -20,6 +20,7 @@ returned URL (see `redact_url`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -113,6 +114,14 @@ def _parse(url: str | httpx.URL, subject: str) -> httpx.URL:
     text = str(url)
     if len(text) > MAX_URL_LENGTH:
         raise OutboundError(f"{subject} is longer than {MAX_URL_LENGTH} characters")
+    return _parse_text(text, subject)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_text(text: str, subject: str) -> httpx.URL:
+    # Remembered: a client sends the same webhook URL with every task, and it is checked at
+    # POST and at every delivery; parsing costs more than the rest of the check. Only
+    # acceptable URLs are cached (a refusal raises), and httpx.URL is immutable.
     if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in text):
         raise OutboundError(f"{subject} contains spaces or control characters")
     try:
