@@ -124,9 +124,7 @@ class WebhookDispatcher:
         except OutboundError as exc:
             error = exc.reason
         if status is not None and 200 <= status < 300:
-            # Debug: every delivery is in the task's webhook history and in the metrics;
-            # the log keeps what needs a look (retries, failures).
-            log.debug(
+            log.info(
                 "webhook %s (%s) delivered: HTTP %d in %.0f ms",
                 message.id,
                 message.status,
