@@ -351,6 +351,32 @@ async def test_shared_client_reuses_the_connection() -> None:
         assert server.connections == 1
 
 
+async def test_idle_connection_the_server_closed_is_not_reused() -> None:
+    # The server keeps the first connection open after answering, then closes it while it
+    # sits idle in the pool. A webhook POST is not retried by the client, so sending it on
+    # that dead connection would fail; it must go on a new one.
+    async def answer_then_hang_up(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(200, b"ok", keep_alive=True))
+        await writer.drain()
+        return len(server.requests) > 1
+
+    async with LocalServer(answer_then_hang_up) as server, client_for() as client:
+        for _ in range(2):
+            result = await post_json_guarded(
+                f"http://hooks.test:{server.port}/hook",
+                b"{}",
+                {},
+                timeout=5,
+                allow_private=True,
+                resolver=local_names("hooks.test"),
+                client=client,
+            )
+            assert result.status_code == 200
+            await asyncio.sleep(0.05)  # the close reaches the client's event loop
+        assert len(server.requests) == 2
+        assert server.connections == 2
+
+
 async def test_strict_request_never_reuses_a_connection_opened_under_allow_private() -> None:
     backend = ScriptedBackend()
     async with LocalServer(respond(200, b"private")) as server, client_for(backend) as client:

@@ -10,7 +10,6 @@ does the same job with asyncio's own streams (uvloop's when it runs) and `asynci
 from __future__ import annotations
 
 import asyncio
-import select
 import socket
 import ssl
 from collections.abc import Iterable
@@ -73,9 +72,22 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         return self
 
+    def _is_readable(self) -> bool:
+        """An idle keep-alive connection with something to read has been closed by the peer
+        (or sent junk): either way it must not be reused. httpcore asks before every request
+        about every idle connection; the event loop already watches these sockets, so the
+        answer is in the stream's state and costs no system call (a `poll` here released the
+        GIL, and with worker threads about, getting it back was the expensive part)."""
+        if self._writer.transport.is_closing() or self._reader.at_eof():
+            return True
+        if self._reader.exception() is not None:
+            return True
+        # Bytes the peer sent unasked sit in the reader's buffer (no public accessor).
+        return bool(getattr(self._reader, "_buffer", b""))
+
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            return _is_readable(self._socket)
+            return self._is_readable()
         if info == "ssl_object":
             return self._writer.get_extra_info("ssl_object")
         if info == "client_addr":
@@ -85,19 +97,6 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if info == "socket":
             return self._socket
         return None
-
-
-def _is_readable(sock: socket.socket | None) -> bool:
-    """An idle keep-alive connection with something to read has been closed by the peer (or
-    sent junk): either way it must not be reused."""
-    if sock is None:
-        return True
-    fd = sock.fileno()
-    if fd < 0:
-        return True
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
