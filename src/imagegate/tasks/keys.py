@@ -51,14 +51,15 @@ class KeyRing:
 
     def __init__(self, store: Store, static_keys: list[str]) -> None:
         self.store = store
-        self.static = {hash_key(k): static_owner(hash_key(k)) for k in static_keys}
+        # By the key itself: a static key is answered without hashing it on every request.
+        self._static_keys = {k: static_owner(hash_key(k)) for k in static_keys}
         self._cache: dict[str, tuple[str | None, float]] = {}
 
     async def owner_of(self, key: str) -> str | None:
-        digest = hash_key(key)
-        owner = self.static.get(digest)
+        owner = self._static_keys.get(key)
         if owner is not None:
             return owner
+        digest = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
