@@ -177,20 +177,20 @@ async def test_concurrent_writes_commit_together_and_a_failing_one_stays_alone(
 
 
 async def test_a_write_failing_halfway_leaves_nothing_written(store: SqlStore) -> None:
-    from sqlalchemy import update
+    from sqlalchemy import Connection, update
 
     from imagegate.store.schema import tasks as tasks_table
 
     await store.create_task(victim := new_task())
 
+    def half_then_boom_in(conn: Connection) -> None:
+        conn.execute(
+            update(tasks_table).where(tasks_table.c.id == victim.id).values(prompt="half-written")
+        )
+        raise RuntimeError("boom")
+
     async def half_then_boom() -> None:
-        async with store._transaction() as conn:
-            await conn.execute(
-                update(tasks_table)
-                .where(tasks_table.c.id == victim.id)
-                .values(prompt="half-written")
-            )
-            raise RuntimeError("boom")
+        await store._write(half_then_boom_in)
 
     others = [new_task() for _ in range(5)]
     outcomes = await asyncio.gather(

@@ -11,17 +11,31 @@ import asyncio
 import contextlib
 import json
 import logging
+import queue
 import secrets
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, case, delete, event, func, insert, select, update
-from sqlalchemy.engine import Row, make_url
+from sqlalchemy import (
+    URL,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable, Select
 
 from imagegate.store.base import (
@@ -51,6 +65,7 @@ from imagegate.tasks.model import (
 )
 
 log = logging.getLogger("imagegate.store")
+T = TypeVar("T")
 
 # Statements run with executemany (see SqliteWriter.execute): built once, so that the same
 # statement from many callers is recognised and batched. Bind names differ from column names,
@@ -145,7 +160,9 @@ class SqlStore:
             engine = create_async_engine(self.url, connect_args={"timeout": 30})
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
-            self._writer = SqliteWriter(engine)
+            # Reads go through the async engine's pool; writes through the writer thread's
+            # own connection (same file, synchronous driver).
+            self._writer = SqliteWriter(make_url(self.url).set(drivername="sqlite"))
         else:
             connect_args: dict[str, Any] = {}
             if self.search_path:
@@ -160,6 +177,8 @@ class SqlStore:
         self._engine = engine
         async with engine.begin() as conn:
             await conn.run_sync(upgrade_to_head)
+        if self._writer is not None:
+            self._writer.start()
 
     async def listen(self, handler: StoreEventHandler) -> None:
         """Call `handler(kind, task_id)` for changes made by any process: "created",
@@ -209,18 +228,18 @@ class SqlStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    def _transaction(
-        self, *, may_fail: bool = False
-    ) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A write transaction: on SQLite a turn in a group commit (`may_fail`: in a savepoint
-        of its own, see SqliteWriter), elsewhere a transaction of its own."""
+    async def _write(self, fn: Callable[[Connection], T], *, may_fail: bool = False) -> T:
+        """Run `fn` in a write transaction and return what it returns. On SQLite: a turn in the
+        writer thread's group commit (`may_fail`: in a savepoint of its own, see SqliteWriter);
+        elsewhere a transaction of its own, `fn` running through SQLAlchemy's `run_sync`."""
         if self._writer is not None:
-            return self._writer.transaction(savepoint=may_fail)
-        return self.engine.begin()
+            return await self._writer.run(fn, savepoint=may_fail)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(fn)
 
     async def close(self) -> None:
         if self._writer is not None:
-            await self._writer.flush()
+            await self._writer.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -247,17 +266,15 @@ class SqlStore:
         key = ApiKey(
             id="key_" + secrets.token_hex(8), name=name, prefix=prefix, created_at=time.time()
         )
-        async with self._transaction(may_fail=True) as conn:  # the name may be taken
-            await conn.execute(
-                insert(api_keys).values(
-                    id=key.id,
-                    name=name,
-                    key_hash=key_hash,
-                    prefix=prefix,
-                    created_at=key.created_at,
-                    webhook_secret=webhook_secret,
-                )
-            )
+        stmt = insert(api_keys).values(
+            id=key.id,
+            name=name,
+            key_hash=key_hash,
+            prefix=prefix,
+            created_at=key.created_at,
+            webhook_secret=webhook_secret,
+        )
+        await self._write(lambda conn: conn.execute(stmt), may_fail=True)  # the name may be taken
         return key
 
     async def webhook_secrets(self, owner: str) -> list[str]:
@@ -281,17 +298,16 @@ class SqlStore:
 
     async def rotate_webhook_secret(self, name: str, new_secret: str, grace_seconds: float) -> bool:
         now = time.time()
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                .values(
-                    previous_webhook_secret=api_keys.c.webhook_secret,
-                    previous_secret_expires_at=now + grace_seconds,
-                    webhook_secret=new_secret,
-                )
+        stmt = (
+            update(api_keys)
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(
+                previous_webhook_secret=api_keys.c.webhook_secret,
+                previous_secret_expires_at=now + grace_seconds,
+                webhook_secret=new_secret,
             )
-        return bool(result.rowcount)
+        )
+        return await self._write(lambda conn: bool(conn.execute(stmt).rowcount))
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         async with self.engine.connect() as conn:
@@ -310,13 +326,12 @@ class SqlStore:
         return [_key_from_row(r) for r in rows]
 
     async def revoke_key(self, name: str) -> bool:
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            )
-        return bool(result.rowcount)
+        stmt = (
+            update(api_keys)
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=time.time())
+        )
+        return await self._write(lambda conn: bool(conn.execute(stmt).rowcount))
 
     async def count_keys(self) -> int:
         async with self.engine.connect() as conn:
@@ -353,10 +368,11 @@ class SqlStore:
             # The hot path of POST: rows of concurrent creates go in one executemany.
             await self._writer.execute((_INSERT_TASK, row))
             return
-        async with self._transaction(may_fail=idempotency is not None) as conn:
+
+        def run(conn: Connection) -> None:
             if idempotency is not None:
                 # First, so a concurrent duplicate fails on the primary key before any task exists.
-                await conn.execute(
+                conn.execute(
                     insert(idempotency_keys).values(
                         owner=task.owner,
                         key=idempotency.key,
@@ -365,8 +381,10 @@ class SqlStore:
                         created_at=task.created_at,
                     )
                 )
-            await conn.execute(insert(tasks).values(**row))
-            await self._notify(conn, "created")
+            conn.execute(insert(tasks).values(**row))
+            self._notify(conn, "created")
+
+        await self._write(run, may_fail=idempotency is not None)
 
     async def find_idempotent(self, owner: str, key: str, since: float) -> Idempotency | None:
         async with self.engine.connect() as conn:
@@ -382,11 +400,8 @@ class SqlStore:
         return Idempotency(row.key, row.body_hash, row.task_id) if row else None
 
     async def forget_idempotency(self, older_than: float) -> int:
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than)
-            )
-        return int(result.rowcount or 0)
+        stmt = delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than)
+        return await self._write(lambda conn: int(conn.execute(stmt).rowcount or 0))
 
     async def count_unfinished(self, owner: str) -> int:
         async with self.engine.connect() as conn:
@@ -460,22 +475,23 @@ class SqlStore:
         longest, and a backlog of new tasks must not keep them stranded on a dead lease.
         """
         now = time.time()
-        async with self._transaction() as conn:
-            claimed = await self._claim(
-                conn, worker_id, now, lease_seconds, limit, expired_lease=True
-            )
+
+        def run(conn: Connection) -> list[Task]:
+            claimed = self._claim(conn, worker_id, now, lease_seconds, limit, expired_lease=True)
             if len(claimed) < limit:
-                claimed += await self._claim(
+                claimed += self._claim(
                     conn, worker_id, now, lease_seconds, limit - len(claimed), expired_lease=False
                 )
             for task in claimed:
                 if task.attempts == 1:  # first claim: CREATED -> IN_PROGRESS
-                    await self._status_changed(conn, task)
-        return claimed
+                    self._status_changed(conn, task)
+            return claimed
 
-    async def _claim(
+        return await self._write(run)
+
+    def _claim(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         worker_id: str,
         now: float,
         lease_seconds: float,
@@ -506,23 +522,22 @@ class SqlStore:
             )
             .returning(*tasks.c)
         )
-        rows = (await conn.execute(stmt)).all()
+        rows = conn.execute(stmt).all()
         # RETURNING gives no order: oldest first, as they were picked.
         return sorted((_task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
     async def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
         now = time.time()
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.lease_owner == worker_id,
-                    tasks.c.status == Status.IN_PROGRESS.value,
-                )
-                .values(available_at=now + lease_seconds, updated_at=now)
+        stmt = (
+            update(tasks)
+            .where(
+                tasks.c.id == task_id,
+                tasks.c.lease_owner == worker_id,
+                tasks.c.status == Status.IN_PROGRESS.value,
             )
-        return bool(result.rowcount)
+            .values(available_at=now + lease_seconds, updated_at=now)
+        )
+        return await self._write(lambda conn: bool(conn.execute(stmt).rowcount))
 
     async def complete_task(
         self,
@@ -573,70 +588,70 @@ class SqlStore:
             )
             .returning(*tasks.c)
         )
-        async with self._transaction() as conn:
-            row = (await conn.execute(stmt)).first()
+
+        def run(conn: Connection) -> bool:
+            row = conn.execute(stmt).first()
             if row is None:
                 return False
-            await self._status_changed(conn, _task_from_row(row))
-        return True
+            self._status_changed(conn, _task_from_row(row))
+            return True
+
+        return await self._write(run)
 
     async def retry_task(self, task_id: str, worker_id: str, error: str, delay: float) -> bool:
         now = time.time()
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
-                .values(error=error, lease_owner=None, available_at=now + delay, updated_at=now)
-            )
-        return bool(result.rowcount)
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
+            .values(error=error, lease_owner=None, available_at=now + delay, updated_at=now)
+        )
+        return await self._write(lambda conn: bool(conn.execute(stmt).rowcount))
 
     async def release_task(self, task_id: str, worker_id: str) -> bool:
         """Give a running task back without counting the attempt (graceful shutdown)."""
         now = time.time()
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
-                .values(
-                    lease_owner=None,
-                    available_at=now,
-                    attempts=case((tasks.c.attempts > 0, tasks.c.attempts - 1), else_=0),
-                    updated_at=now,
-                )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
+            .values(
+                lease_owner=None,
+                available_at=now,
+                attempts=case((tasks.c.attempts > 0, tasks.c.attempts - 1), else_=0),
+                updated_at=now,
             )
-        return bool(result.rowcount)
+        )
+        return await self._write(lambda conn: bool(conn.execute(stmt).rowcount))
 
     async def purge_tasks(self, older_than: float) -> list[Task]:
         """Delete finished tasks created before `older_than`; returns them so blobs can go too."""
-        async with self._transaction() as conn:
-            rows = (
-                await conn.execute(
-                    delete(tasks)
-                    .where(tasks.c.created_at < older_than, tasks.c.available_at.is_(None))
-                    .returning(*tasks.c)
-                )
+
+        def run(conn: Connection) -> list[Task]:
+            rows = conn.execute(
+                delete(tasks)
+                .where(tasks.c.created_at < older_than, tasks.c.available_at.is_(None))
+                .returning(*tasks.c)
             ).all()
             ids = [r._mapping["id"] for r in rows]
             if ids:
-                await conn.execute(delete(webhook_outbox).where(webhook_outbox.c.task_id.in_(ids)))
-                await conn.execute(
-                    delete(webhook_attempts).where(webhook_attempts.c.task_id.in_(ids))
-                )
-        return [_task_from_row(r) for r in rows]
+                conn.execute(delete(webhook_outbox).where(webhook_outbox.c.task_id.in_(ids)))
+                conn.execute(delete(webhook_attempts).where(webhook_attempts.c.task_id.in_(ids)))
+            return [_task_from_row(r) for r in rows]
+
+        return await self._write(run)
 
     # --- webhook outbox ---------------------------------------------------------------
-    async def _notify(self, conn: AsyncConnection, payload: str) -> None:
+    def _notify(self, conn: Connection, payload: str) -> None:
         """Tell other processes (PostgreSQL LISTEN/NOTIFY), delivered when the transaction commits."""
         if not self.is_sqlite:
-            await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
 
-    async def _status_changed(self, conn: AsyncConnection, task: Task) -> None:
-        await self._notify(conn, f"changed:{task.id}")
+    def _status_changed(self, conn: Connection, task: Task) -> None:
+        self._notify(conn, f"changed:{task.id}")
         if not task.webhook_url:
             return
-        await self._notify(conn, "webhook")
+        self._notify(conn, "webhook")
         now = time.time()
-        await conn.execute(
+        conn.execute(
             insert(webhook_outbox).values(
                 id="msg_" + secrets.token_urlsafe(18),
                 task_id=task.id,
@@ -690,8 +705,7 @@ class SqlStore:
             )
             .returning(*webhook_outbox.c)
         )
-        async with self._transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._write(lambda conn: conn.execute(stmt).all())
         return [
             OutboxMessage(
                 id=r.id,
@@ -756,9 +770,12 @@ class SqlStore:
         if self._writer is not None:
             await self._writer.execute(*statements)
             return
-        async with self._transaction() as conn:
+
+        def run(conn: Connection) -> None:
             for statement, params in statements:
-                await conn.execute(statement, params)
+                conn.execute(statement, params)
+
+        await self._write(run)
 
     async def webhook_history(self, task_id: str, owner: str) -> list[DeliveryRecord]:
         async with self.engine.connect() as conn:
@@ -804,141 +821,193 @@ class SqlStore:
         ]
 
 
+@dataclass(eq=False)
+class _Job:
+    """One write for the writer thread: a function to run, or statements to coalesce."""
+
+    fn: Callable[[Connection], Any] | None
+    statements: tuple[tuple[Executable, dict[str, Any]], ...]
+    savepoint: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
 class SqliteWriter:
-    """Group commit for SQLite, which has one writer at a time.
+    """Group commit for SQLite, which has one writer at a time, in a thread of its own.
 
     Left alone, concurrent write transactions fight over the database lock and SQLite's busy
-    handler sleeps them for up to 100 ms a try. Here writes take turns on an in-process lock
-    instead, inside one shared transaction that commits as soon as nobody is waiting: the
-    writes that queued up meanwhile share one commit (one fsync). A write's caller returns
-    only once that commit is done.
+    handler sleeps them for up to 100 ms a try. Here every write is handed to one thread that
+    owns the only writing connection: it takes whatever writes are queued, runs them one after
+    another in one transaction and commits once (one fsync) as soon as the queue is empty. A
+    write's caller gets its answer only once that commit is done.
 
-    A write that may fail as part of normal operation (an Idempotency-Key taken by a
-    concurrent request) runs in a savepoint and fails alone. Savepoints cost two extra round
-    trips, so other writes run without one; if such a write fails anyway (a bug, a full
-    disk), the whole batch is rolled back and every write in it fails: never half-written.
+    Each write runs whole in the thread (`fn(connection)`, synchronous SQLAlchemy): one
+    hand-off per write instead of the four thread hops per statement of the async driver, and
+    no statement work on the event loop. Statements that need no answer (`execute`) are
+    coalesced with their neighbours into one executemany per statement.
+
+    A write that may fail as part of normal operation (an Idempotency-Key or key name taken by a
+    concurrent request) runs in a savepoint and fails alone. Other writes run without one; if
+    such a write fails anyway (a bug, a full disk), the whole batch is rolled back and every
+    write in it fails: never half-written.
     """
 
-    MAX_BATCH = 128
+    MAX_BATCH = 256
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.lock = asyncio.Lock()  # FIFO: writers already waiting go before a queued commit
-        self._conn: AsyncConnection | None = None
-        self._tx: Any = None
-        self._committed: asyncio.Future[None] | None = None
-        self._ops = 0
-        self._commit_task: asyncio.Task[None] | None = None
+    def __init__(self, url: str | URL) -> None:
+        self.engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "begin", _sqlite_begin)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, name="imagegate-sqlite-writer", daemon=True
+        )
+        self._closed = False
         self.commits = 0  # how many transactions carried the writes (for tests and metrics)
-        self._queued: list[
-            tuple[tuple[tuple[Executable, dict[str, Any]], ...], asyncio.Future[None]]
-        ] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._poisoned: BaseException | None = None
 
-    @contextlib.asynccontextmanager
-    async def transaction(self, savepoint: bool = False) -> AsyncIterator[AsyncConnection]:
-        async with self.lock:
-            if self._conn is None:
-                self._conn = await self.engine.connect()
-                self._tx = await self._conn.begin()
-                self._committed = asyncio.get_running_loop().create_future()
-                self._ops = 0
-                self._poisoned = None
-            conn, committed = self._conn, self._committed
-            assert committed is not None
-            failure: Exception | None = None
-            try:
-                if savepoint:
-                    try:
-                        async with conn.begin_nested():
-                            yield conn
-                    except Exception as exc:
-                        # Rolled back to its savepoint. Its caller hears of it once the batch
-                        # is committed, so what it conflicted with is visible to its next read.
-                        failure = exc
-                else:
-                    try:
-                        yield conn
-                    except BaseException as exc:
-                        self._poisoned = exc
-                        raise
-            finally:
-                self._ops += 1
-                if self._ops >= self.MAX_BATCH:
-                    await self._commit()
-                elif self._commit_task is None or self._commit_task.done():
-                    self._commit_task = asyncio.create_task(self._commit_when_idle())
-        if failure is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(committed)
-            raise failure
-        await asyncio.shield(committed)
+    def start(self) -> None:
+        self._thread.start()
+
+    async def run(self, fn: Callable[[Connection], T], *, savepoint: bool = False) -> T:
+        """`fn(connection)` in the writer thread, inside the batch's transaction; its result
+        once committed."""
+        result: T = await self._submit(fn, (), savepoint)
+        return result
 
     async def execute(self, *statements: tuple[Executable, dict[str, Any]]) -> None:
-        """Run statements that need no answer, coalesced with those other callers submit
-        meanwhile: one executemany per distinct statement, all in one transaction. Returns
-        once committed."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.append((statements, waiter))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await waiter
+        """Statements that need no answer, coalesced with those other callers submit
+        meanwhile: one executemany per distinct statement. Returns once committed."""
+        await self._submit(None, statements, False)
 
-    async def _flush(self) -> None:
-        while self._queued:
-            batch: list[tuple[tuple[tuple[Executable, dict[str, Any]], ...], asyncio.Future[None]]]
-            batch = []
-            try:
-                async with self.transaction() as conn:
-                    # Taken once the lock is ours: what arrived while we waited comes too.
-                    batch, self._queued = self._queued, []
-                    by_statement: dict[Executable, list[dict[str, Any]]] = {}
-                    for statements, _ in batch:
-                        for statement, params in statements:
-                            by_statement.setdefault(statement, []).append(params)
-                    for statement, rows in by_statement.items():
-                        await conn.execute(statement, rows)
-            except BaseException as exc:
-                for _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_result(None)
+    def _submit(
+        self,
+        fn: Callable[[Connection], Any] | None,
+        statements: tuple[tuple[Executable, dict[str, Any]], ...],
+        savepoint: bool,
+    ) -> asyncio.Future[Any]:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put(_Job(fn, statements, savepoint, loop, future))
+        return future
 
-    async def _commit_when_idle(self) -> None:
-        async with self.lock:
-            await self._commit()
-
-    async def _commit(self) -> None:
-        conn, tx, committed = self._conn, self._tx, self._committed
-        self._conn = self._tx = self._committed = None
-        if conn is None or committed is None:
+    async def close(self) -> None:
+        """Finish what is queued, commit it, stop the thread."""
+        if self._closed:
             return
-        self.commits += 1
-        try:
-            if self._poisoned is not None:
-                raise RuntimeError(
-                    "a write in the same batch failed; nothing was written"
-                ) from self._poisoned
-            await tx.commit()
-        except BaseException as exc:
-            committed.set_exception(exc)
-            committed.exception()  # retrieved: waiters that left must not warn about it
-            with contextlib.suppress(Exception):
-                await tx.rollback()
-        else:
-            committed.set_result(None)
-        finally:
-            await conn.close()
+        self._closed = True
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+        self.engine.dispose()
 
-    async def flush(self) -> None:
-        async with self.lock:
-            await self._commit()
+    # --- the writer thread ----------------------------------------------------------------
+    def _serve(self) -> None:
+        try:
+            conn = self.engine.connect()
+        except Exception as exc:
+            log.error("the SQLite writer could not open the database: %s", exc)
+            while (job := self._jobs.get()) is not None:
+                _settle([(job, None, exc)])
+            return
+        with conn:
+            while (job := self._jobs.get()) is not None:
+                if not self._batch(conn, job):
+                    break
+
+    def _batch(self, conn: Connection, job: _Job) -> bool:
+        """Run `job` and whatever else is queued in one transaction; False once told to stop."""
+        batch: list[_Job] = []
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        pending: list[_Job] = []  # statement jobs not executed yet
+        failing: list[_Job] = []  # the write(s) running when an error came
+        keep_going = True
+        transaction = conn.begin()
+        try:
+            while True:
+                batch.append(job)
+                if job.fn is None:
+                    pending.append(job)
+                else:
+                    failing = list(pending)
+                    self._execute_pending(conn, pending, outcomes)
+                    failing = [job]
+                    outcomes.append(self._run_one(conn, job))
+                failing = []
+                if len(batch) >= self.MAX_BATCH:
+                    break
+                try:
+                    next_job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if next_job is None:
+                    keep_going = False
+                    break
+                job = next_job
+            failing = list(pending)
+            self._execute_pending(conn, pending, outcomes)
+            failing = []
+            transaction.commit()
+            self.commits += 1
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                transaction.rollback()
+            others = RuntimeError("a write in the same batch failed; nothing was written")
+            others.__cause__ = exc
+            outcomes = [(each, None, exc if each in failing else others) for each in batch]
+        _settle(outcomes)
+        return keep_going
+
+    @staticmethod
+    def _run_one(conn: Connection, job: _Job) -> tuple[_Job, Any, BaseException | None]:
+        assert job.fn is not None
+        if not job.savepoint:
+            return job, job.fn(conn), None  # a failure here fails the batch (see _serve)
+        try:
+            with conn.begin_nested():
+                return job, job.fn(conn), None
+        except Exception as exc:
+            # Rolled back to its savepoint. Its caller hears of it once the batch is committed,
+            # so what it conflicted with is visible to its next read.
+            return job, None, exc
+
+    @staticmethod
+    def _execute_pending(
+        conn: Connection,
+        pending: list[_Job],
+        outcomes: list[tuple[_Job, Any, BaseException | None]],
+    ) -> None:
+        if not pending:
+            return
+        by_statement: dict[Executable, list[dict[str, Any]]] = {}
+        for job in pending:
+            for statement, params in job.statements:
+                by_statement.setdefault(statement, []).append(params)
+        for statement, rows in by_statement.items():
+            conn.execute(statement, rows)
+        outcomes.extend((job, None, None) for job in pending)
+        pending.clear()
+
+
+def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """Hand a committed (or failed) batch's answers to the event loops that wait for them."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_answer, answers)
+
+
+def _answer(answers: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, result, error in answers:
+        if job.future.done():  # its caller was cancelled meanwhile
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
 
 
 def _sqlite_begin(conn: Any) -> None:
