@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagegate import ids
 from imagegate.logs import request_id_var
 
 log = logging.getLogger("imagegate.api")
@@ -37,7 +37,7 @@ class RequestIdMiddleware:
                     request_id = candidate
                 break
         if not request_id:
-            request_id = "req_" + secrets.token_hex(10)
+            request_id = "req_" + ids.token_hex(10)
         scope.setdefault("state", {})["request_id"] = request_id
         request_id_var.set(request_id)
         header = (b"x-request-id", request_id.encode())

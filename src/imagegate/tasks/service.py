@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from imagegate import ids
 from imagegate.engines.aspect import parse_aspect_ratio
 from imagegate.inputs.references import (
     DecodedReference,
@@ -232,7 +231,7 @@ class TaskService:
         # Refusals for capacity come before the costly part (decoding references).
         await self._check_capacity(owner)
 
-        task_id = str(uuid.uuid4())
+        task_id = str(ids.uuid4())
         references = await self._store_references(task_id, new.reference_images or [])
         now = time.time()
         task = Task(
@@ -270,7 +269,7 @@ class TaskService:
             "base_url": base_url,
             # Output keys carry this token, so image URLs are unguessable yet the same on every
             # attempt: a retried task overwrites its own files instead of leaving copies.
-            "output_token": secrets.token_urlsafe(24),
+            "output_token": ids.token_urlsafe(24),
         }
         raw_ratio = extras.get("aspect_ratio")
         if raw_ratio is not None:
