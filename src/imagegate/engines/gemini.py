@@ -252,8 +252,9 @@ class GeminiEngine:
             base_url=self._base_url,
             api_version=self._api_version,
             timeout=self._timeout_ms(self._timeout),
-            # httpx pools allow 100 connections by default, which would quietly cap the calls
-            # in flight below gemini_max_in_flight.
+            # For the SDK's httpx transports: their pools allow 100 connections by default,
+            # which would quietly cap the calls in flight below gemini_max_in_flight. The aiohttp
+            # transport (the one used, imagegate installs it) has no cap and ignores this.
             async_client_args={"limits": self._pool_limits(-(-self.concurrency // pools))},
             # One attempt per call: the engine owns retries. Without this, the SDK's aiohttp
             # transport (used when aiohttp is installed) retries a failed connection once on
