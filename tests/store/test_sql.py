@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
+
+import pytest
 
 from imagegate.store.sql import SqlStore
 from imagegate.tasks.model import GeneratedImage, Status, Task
@@ -241,3 +244,26 @@ async def test_finishing_follows_the_state_machine(store: SqlStore) -> None:
     assert not await store.fail_task(waiting.id, None, "again")  # FAILED is final
     found = await store.get_task(waiting.id)
     assert found is not None and found.status is Status.FAILED and found.error == "refused"
+
+
+async def test_in_memory_sqlite_is_refused_with_a_reason() -> None:
+    # Each connection would get a database of its own: writes would vanish from reads.
+    from tests.store.conftest import presenter
+
+    with pytest.raises(ValueError, match="in-memory databases are not supported"):
+        await SqlStore("sqlite:///:memory:", presenter).start()
+
+
+async def test_writes_after_close_are_refused_not_lost(tmp_path: Path) -> None:
+    from tests.store.conftest import presenter
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'closed.db'}", presenter)
+    await store.start()
+    await store.create_task(kept := new_task())
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.create_task(new_task())
+    reopened = SqlStore(f"sqlite:///{tmp_path / 'closed.db'}", presenter)
+    await reopened.start()
+    assert await reopened.get_task(kept.id) is not None
+    await reopened.close()

@@ -155,8 +155,13 @@ class SqlStore:
     async def start(self) -> None:
         if self.is_sqlite:
             path = self.url.split("///", 1)[1] if "///" in self.url else ""
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if not path or path.startswith(":memory:"):
+                # Every connection (the writer's, each reader's) would see a database of its own.
+                raise ValueError(
+                    f"IMAGEGATE_DATABASE_URL={self.url!r}: SQLite needs a file "
+                    "(e.g. sqlite:///data/imagegate.db); in-memory databases are not supported"
+                )
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(self.url, connect_args={"timeout": 30})
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
