@@ -33,7 +33,7 @@ def gemini(quick: bool) -> list[Row]:
         return [Row("gemini", "in-flight calls", None, note=f"not run: {exc}")]
     own_rows = getattr(gemini_inflight, "rows", None)
     if callable(own_rows):
-        result: list[Row] = own_rows(quick=True)
+        result: list[Row] = own_rows(quick=quick)
         return result
 
     from tests.support.gemini_stub import GeminiStub, noise_png
