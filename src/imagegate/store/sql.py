@@ -72,6 +72,7 @@ T = TypeVar("T")
 # as executemany UPDATEs require.
 _INSERT_TASK = insert(tasks)
 _INSERT_ATTEMPT = insert(webhook_attempts)
+_INSERT_OUTBOX = insert(webhook_outbox)
 _RECORD_DELIVERY = (
     update(webhook_outbox)
     .where(
@@ -89,6 +90,76 @@ _RECORD_DELIVERY = (
 )
 NOTIFY_CHANNEL = "imagegate"
 LEASE_EXPIRED = "the worker running the previous attempt stopped responding (its lease expired)"
+
+
+def _claim_webhooks_statement() -> Any:
+    # Built once (an alias alone costs more than a claim's SQL): values are bound per call.
+    earlier = webhook_outbox.alias("earlier")
+    # Per task, a message waits until every earlier message of that task is settled.
+    blocked = (
+        select(earlier.c.seq)
+        .where(
+            earlier.c.task_id == webhook_outbox.c.task_id,
+            earlier.c.seq < webhook_outbox.c.seq,
+            earlier.c.state == "pending",
+        )
+        .exists()
+    )
+    candidates: Select[Any] = (
+        select(webhook_outbox.c.seq)
+        .where(
+            webhook_outbox.c.state == "pending",
+            webhook_outbox.c.next_attempt_at <= bindparam("b_now"),
+            ~blocked,
+        )
+        .order_by(webhook_outbox.c.next_attempt_at)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(webhook_outbox)
+        .where(webhook_outbox.c.seq.in_(candidates.scalar_subquery()))
+        .values(
+            lease_owner=bindparam("b_worker"),
+            next_attempt_at=bindparam("b_until"),
+            attempts=webhook_outbox.c.attempts + 1,
+            updated_at=bindparam("b_now"),
+        )
+        .returning(*webhook_outbox.c)
+    )
+
+
+_CLAIM_WEBHOOKS = _claim_webhooks_statement()
+
+
+def _claim_tasks_statement(expired_lease: bool) -> Any:
+    held = tasks.c.lease_owner.is_not(None) if expired_lease else tasks.c.lease_owner.is_(None)
+    candidates = (
+        select(tasks.c.seq)
+        .where(tasks.c.available_at <= bindparam("b_now"), held)
+        .order_by(tasks.c.available_at)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(tasks)
+        .where(tasks.c.seq.in_(candidates.scalar_subquery()))
+        .values(
+            status=Status.IN_PROGRESS.value,
+            # A lease still held here means its worker vanished without a word.
+            error=case((tasks.c.lease_owner.is_not(None), LEASE_EXPIRED), else_=tasks.c.error),
+            lease_owner=bindparam("b_worker"),
+            available_at=bindparam("b_until"),
+            attempts=tasks.c.attempts + 1,
+            started_at=func.coalesce(tasks.c.started_at, bindparam("b_now")),
+            updated_at=bindparam("b_now"),
+        )
+        .returning(*tasks.c)
+    )
+
+
+# Tasks whose worker died (lease held but expired), and tasks nobody holds.
+_CLAIM_TASKS = {True: _claim_tasks_statement(True), False: _claim_tasks_statement(False)}
 
 
 def normalize_database_url(url: str) -> str:
@@ -504,30 +575,14 @@ class SqlStore:
         *,
         expired_lease: bool,
     ) -> list[Task]:
-        held = tasks.c.lease_owner.is_not(None) if expired_lease else tasks.c.lease_owner.is_(None)
-        candidates = (
-            select(tasks.c.seq)
-            .where(tasks.c.available_at <= now, held)
-            .order_by(tasks.c.available_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(tasks)
-            .where(tasks.c.seq.in_(candidates.scalar_subquery()))
-            .values(
-                status=Status.IN_PROGRESS.value,
-                # A lease still held here means its worker vanished without a word.
-                error=case((tasks.c.lease_owner.is_not(None), LEASE_EXPIRED), else_=tasks.c.error),
-                lease_owner=worker_id,
-                available_at=now + lease_seconds,
-                attempts=tasks.c.attempts + 1,
-                started_at=func.coalesce(tasks.c.started_at, now),
-                updated_at=now,
-            )
-            .returning(*tasks.c)
-        )
-        rows = conn.execute(stmt).all()
+        stmt = _CLAIM_TASKS[expired_lease]
+        params = {
+            "b_now": now,
+            "b_limit": limit,
+            "b_worker": worker_id,
+            "b_until": now + lease_seconds,
+        }
+        rows = conn.execute(stmt, params).all()
         # RETURNING gives no order: oldest first, as they were picked.
         return sorted((_task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
@@ -657,60 +712,34 @@ class SqlStore:
         self._notify(conn, "webhook")
         now = time.time()
         conn.execute(
-            insert(webhook_outbox).values(
-                id="msg_" + secrets.token_urlsafe(18),
-                task_id=task.id,
-                owner=task.owner,
-                request_id=task.request_id,
-                url=task.webhook_url,
-                status=task.status.value,
-                payload=json.dumps(self.presenter(task), separators=(",", ":")),
-                state="pending",
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-            )
+            _INSERT_OUTBOX,
+            {
+                "id": "msg_" + secrets.token_urlsafe(18),
+                "task_id": task.id,
+                "owner": task.owner,
+                "request_id": task.request_id,
+                "url": task.webhook_url,
+                "status": task.status.value,
+                "payload": json.dumps(self.presenter(task), separators=(",", ":")),
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
 
     async def claim_webhooks(
         self, worker_id: str, lease_seconds: float, limit: int
     ) -> list[OutboxMessage]:
         now = time.time()
-        earlier = webhook_outbox.alias("earlier")
-        # Per task, a message waits until every earlier message of that task is settled.
-        blocked = (
-            select(earlier.c.seq)
-            .where(
-                earlier.c.task_id == webhook_outbox.c.task_id,
-                earlier.c.seq < webhook_outbox.c.seq,
-                earlier.c.state == "pending",
-            )
-            .exists()
-        )
-        candidates: Select[Any] = (
-            select(webhook_outbox.c.seq)
-            .where(
-                webhook_outbox.c.state == "pending",
-                webhook_outbox.c.next_attempt_at <= now,
-                ~blocked,
-            )
-            .order_by(webhook_outbox.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(webhook_outbox)
-            .where(webhook_outbox.c.seq.in_(candidates.scalar_subquery()))
-            .values(
-                lease_owner=worker_id,
-                next_attempt_at=now + lease_seconds,
-                attempts=webhook_outbox.c.attempts + 1,
-                updated_at=now,
-            )
-            .returning(*webhook_outbox.c)
-        )
-        rows = await self._write(lambda conn: conn.execute(stmt).all())
+        params = {
+            "b_now": now,
+            "b_limit": limit,
+            "b_worker": worker_id,
+            "b_until": now + lease_seconds,
+        }
+        rows = await self._write(lambda conn: conn.execute(_CLAIM_WEBHOOKS, params).all())
         return [
             OutboxMessage(
                 id=r.id,
