@@ -11,7 +11,6 @@ absolute numbers, on a shared machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import sys
@@ -26,35 +25,10 @@ from bench.report import Row, markdown_table, print_table, write_json
 
 
 def gemini(quick: bool) -> list[Row]:
-    """The summary row of bench/gemini_inflight.py (someone else's), reduced to one level."""
-    try:
-        from bench import gemini_inflight
-    except ImportError as exc:
-        return [Row("gemini", "in-flight calls", None, note=f"not run: {exc}")]
-    own_rows = getattr(gemini_inflight, "rows", None)
-    if callable(own_rows):
-        result: list[Row] = own_rows(quick=quick)
-        return result
+    """The rows of bench/gemini_inflight.py (its summary per in-flight level)."""
+    from bench import gemini_inflight
 
-    from tests.support.gemini_stub import GeminiStub, noise_png
-
-    in_flight, latency = (50, 1.0) if quick else (100, 1.0)
-    with GeminiStub.in_subprocess(delay=latency, image_bytes=noise_png(1.5)) as stub:
-        level = asyncio.run(
-            gemini_inflight.run_level(stub.url, in_flight, 2 * in_flight, stub.stats)
-        )
-    rate = level.tasks / level.seconds
-    return [
-        Row(
-            "gemini",
-            f"tasks/s, {in_flight} in flight, stub answers in {latency:g} s",
-            rate,
-            in_flight / latency,
-            note=f"baseline = ideal (in-flight / latency); {level.tasks} tasks, "
-            f"{level.failures} failed, peak RSS {level.peak_rss_mb:.0f} MB, stub saw "
-            f"{level.stub_peak} at once (bench/gemini_inflight.py, reduced)",
-        )
-    ]
+    return gemini_inflight.rows(quick=quick)
 
 
 def _benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:

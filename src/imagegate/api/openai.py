@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegate.api.errors import ApiError
+from imagegate.api.routes import base_url_of
 from imagegate.engines.aspect import GEMINI_SIZES, nearest_ratio
 from imagegate.storage import BlobStorage, extension_for
 from imagegate.tasks.model import Status, Task
@@ -414,7 +415,7 @@ async def _generate(request: Request, owner: str, wanted: ImageRequest) -> JSONR
         webhook_url=None,
         extras={"aspect_ratio": wanted.aspect_ratio} if wanted.aspect_ratio else {},
     )
-    base_url = str(request.base_url).rstrip("/")
+    base_url = base_url_of(request)
     request_id = request.scope.get("state", {}).get("request_id")
     created = [
         await service.create(owner, new, base_url=base_url, request_id=request_id)

@@ -49,14 +49,15 @@ def _service(request: Request) -> TaskService:
     return service
 
 
-def _base_url(request: Request) -> str:
+def base_url_of(request: Request) -> str:
+    """`request.base_url` without the trailing slash, as task URLs are built from it."""
     scope = request.scope
     host = None
     for name, value in scope["headers"]:
         if name == b"host":
             host = value
             break
-    return _base_url_of(
+    return _remembered_base_url(
         scope["scheme"],
         host,
         scope.get("server"),
@@ -65,7 +66,7 @@ def _base_url(request: Request) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _base_url_of(
+def _remembered_base_url(
     scheme: str, host: bytes | None, server: tuple[str, int] | None, root_path: str
 ) -> str:
     # Starlette's request.base_url, remembered: building a URL object costs more than the
@@ -153,7 +154,7 @@ async def _create(request: Request, owner: str) -> JSONResponse:
     task = await service.create(
         owner,
         new,
-        base_url=_base_url(request),
+        base_url=base_url_of(request),
         request_id=request.scope["state"].get("request_id"),
         idempotency_key=_idempotency_key(request),
     )

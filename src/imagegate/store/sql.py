@@ -162,6 +162,11 @@ def _claim_tasks_statement(expired_lease: bool) -> Any:
 _CLAIM_TASKS = {True: _claim_tasks_statement(True), False: _claim_tasks_statement(False)}
 
 
+def _claim_params(worker_id: str, now: float, lease_seconds: float, limit: int) -> dict[str, Any]:
+    """The values the claim statements above take."""
+    return {"b_now": now, "b_limit": limit, "b_worker": worker_id, "b_until": now + lease_seconds}
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the URLs users write (`postgresql://`, `sqlite:///`) and pick the async driver."""
     for plain, driver in (
@@ -576,13 +581,7 @@ class SqlStore:
         expired_lease: bool,
     ) -> list[Task]:
         stmt = _CLAIM_TASKS[expired_lease]
-        params = {
-            "b_now": now,
-            "b_limit": limit,
-            "b_worker": worker_id,
-            "b_until": now + lease_seconds,
-        }
-        rows = conn.execute(stmt, params).all()
+        rows = conn.execute(stmt, _claim_params(worker_id, now, lease_seconds, limit)).all()
         # RETURNING gives no order: oldest first, as they were picked.
         return sorted((_task_from_row(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
@@ -733,12 +732,7 @@ class SqlStore:
         self, worker_id: str, lease_seconds: float, limit: int
     ) -> list[OutboxMessage]:
         now = time.time()
-        params = {
-            "b_now": now,
-            "b_limit": limit,
-            "b_worker": worker_id,
-            "b_until": now + lease_seconds,
-        }
+        params = _claim_params(worker_id, now, lease_seconds, limit)
         rows = await self._write(lambda conn: conn.execute(_CLAIM_WEBHOOKS, params).all())
         return [
             OutboxMessage(

@@ -28,7 +28,6 @@ class CachedCount:
         self._looked_up_at = -math.inf
         self._refresh: asyncio.Task[None] | None = None
         self._known = False
-        self.lookups = 0  # how many times the store was asked (for tests)
 
     async def get(self, now: float) -> int:
         """The count as of `now` (a monotonic time): never lower than the truth, apart from
@@ -48,7 +47,6 @@ class CachedCount:
 
     async def _look_up(self, now: float) -> None:
         added_before = self._added
-        self.lookups += 1
         try:
             count = await self._lookup()
         except Exception:
